@@ -1,0 +1,218 @@
+"""Reference MambaLRP for Hugging Face ``MambaForCausalLM`` (PyTorch ground truth).
+
+This is our own re-implementation of the HF *slow path* forward
+(``MambaMixer.slow_forward``: the python time loop; ``MambaBlock``;
+``MambaRMSNorm``; ``MambaForCausalLM``) that reads an HF model's parameters and
+can apply any subset of the four MambaLRP rules via ``.detach()``
+(see shared/DESIGN.md section 2):
+
+* ``"silu"``: SiLU identity rule ``x * sigmoid(x).detach()`` (conv branch and gate
+  branch).
+* ``"norm"``: RMSNorm rule ``x * rsqrt(mean(x^2)+eps).detach() * w`` (all L+1 norms).
+* ``"ssm"``: selective SSM rule: ``discrete_A``, ``discrete_B`` and ``C`` are
+  detached (dt, B, C from x_proj are frozen); relevance flows only through u,
+  the (then linear) recurrence and the D skip.
+* ``"gate"``: half rule on the gate product ``p = y*silu(z)``:
+  ``out = p/2 + (p/2).detach()``.
+
+``"mambalrp"`` = all four rules; ``"gi"`` = none (plain gradient x input).
+
+Relevance: ``R_E = E * dE`` where ``E`` is the embedding output and the
+explained function is ``f = logits[b, -1, target_b]`` summed over the batch
+(samples are independent, so the per-sample gradients are unchanged);
+``target`` is the argmax of the *original* (rule-free) logits at the last
+position.  ``R_token[b, t] = sum_d R_E[b, t, d]``.
+
+Run ``python models/mamba_lrp.py`` for a self-check on a random tiny model.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+ALL_RULES = frozenset({"silu", "norm", "ssm", "gate"})
+
+
+def parse_rules(rules) -> frozenset:
+    """Accept "mambalrp", "gi", a comma separated string or an iterable of rule names."""
+    if rules is None:
+        return ALL_RULES
+    if isinstance(rules, str):
+        if rules == "mambalrp":
+            return ALL_RULES
+        if rules in ("gi", ""):
+            return frozenset()
+        rules = [r.strip() for r in rules.split(",") if r.strip()]
+    out = frozenset(rules)
+    unknown = out - ALL_RULES
+    if unknown:
+        raise ValueError(f"unknown rules {sorted(unknown)}; choose from {sorted(ALL_RULES)}")
+    return out
+
+
+def _silu(x: torch.Tensor, rule: bool) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return x * (s.detach() if rule else s)
+
+
+def _rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, rule: bool) -> torch.Tensor:
+    # HF MambaRMSNorm: hidden.to(float32); var = mean(x^2); x * rsqrt(var+eps); weight * x
+    input_dtype = x.dtype
+    x = x.to(torch.float32)
+    variance = x.pow(2).mean(-1, keepdim=True)
+    inv = torch.rsqrt(variance + eps)
+    if rule:
+        inv = inv.detach()
+    return weight * (x * inv).to(input_dtype)
+
+
+def _mixer(mixer, x_in: torch.Tensor, rules: frozenset, bias_leaves: list | None = None) -> torch.Tensor:
+    """HF MambaMixer.slow_forward without cache, with optional rules.
+
+    If ``bias_leaves`` is a list, the conv1d bias is added after the convolution as a
+    per-sample leaf tensor ``[B, D, 1]`` (appended to the list) so that the relevance
+    it absorbs, ``sum(c * dc)``, can be read per sample."""
+    batch, seq_len, _ = x_in.shape
+    dtype = x_in.dtype
+    d_inner = mixer.intermediate_size
+    n_state = mixer.ssm_state_size
+    r_dt = mixer.time_step_rank
+
+    projected = F.linear(x_in, mixer.in_proj.weight, mixer.in_proj.bias).transpose(1, 2)
+    hidden, gate = projected.chunk(2, dim=1)
+
+    conv = mixer.conv1d
+    if bias_leaves is None or conv.bias is None:
+        hidden = F.conv1d(hidden, conv.weight, conv.bias, stride=1, padding=conv.padding[0],
+                          groups=conv.groups)[..., :seq_len]
+    else:
+        hidden = F.conv1d(hidden, conv.weight, None, stride=1, padding=conv.padding[0],
+                          groups=conv.groups)[..., :seq_len]
+        cb = conv.bias.detach()[None, :, None].expand(batch, -1, 1).clone().requires_grad_(True)
+        bias_leaves.append(cb)
+        hidden = hidden + cb
+    hidden = _silu(hidden, "silu" in rules)
+
+    ssm_params = F.linear(hidden.transpose(1, 2), mixer.x_proj.weight)
+    time_step, B, C = torch.split(ssm_params, [r_dt, n_state, n_state], dim=-1)
+    dt = F.softplus(F.linear(time_step, mixer.dt_proj.weight, mixer.dt_proj.bias)).transpose(1, 2)
+    A = -torch.exp(mixer.A_log.float())
+    discrete_A = torch.exp(A[None, :, None, :] * dt[:, :, :, None])
+    discrete_B = dt[:, :, :, None] * B[:, None, :, :].float()
+    if "ssm" in rules:
+        discrete_A = discrete_A.detach()
+        discrete_B = discrete_B.detach()
+        C = C.detach()
+    deltaB_u = discrete_B * hidden[:, :, :, None].float()
+
+    state = torch.zeros((batch, d_inner, n_state), dtype=dtype, device=x_in.device)
+    ys = []
+    for i in range(seq_len):
+        state = discrete_A[:, :, i, :] * state + deltaB_u[:, :, i, :]
+        y = torch.matmul(state.to(dtype), C[:, i, :].unsqueeze(-1))
+        ys.append(y[:, :, 0])
+    y = torch.stack(ys, dim=-1)
+    y = y + hidden * mixer.D[None, :, None]
+
+    p = y * _silu(gate, "silu" in rules)
+    if "gate" in rules:
+        p = 0.5 * p + (0.5 * p).detach()
+    return F.linear(p.transpose(1, 2), mixer.out_proj.weight, mixer.out_proj.bias)
+
+
+def forward_from_embeddings(model, embeds: torch.Tensor, rules=(), bias_leaves: list | None = None) -> torch.Tensor:
+    """Logits of an HF MambaForCausalLM, computed from the embedding output ``embeds``."""
+    rules = parse_rules(rules) if not isinstance(rules, frozenset) else rules
+    backbone = model.backbone
+    h = embeds
+    for layer in backbone.layers:
+        residual = h
+        hn = _rmsnorm(h.to(layer.norm.weight.dtype), layer.norm.weight,
+                      layer.norm.variance_epsilon, "norm" in rules)
+        if getattr(layer, "residual_in_fp32", True):
+            residual = residual.to(torch.float32)
+        h = residual + _mixer(layer.mixer, hn, rules, bias_leaves)
+    nf = backbone.norm_f
+    h = _rmsnorm(h, nf.weight, nf.variance_epsilon, "norm" in rules)
+    return F.linear(h.to(model.lm_head.weight.dtype), model.lm_head.weight).float()
+
+
+def embed(model, input_ids: torch.Tensor) -> torch.Tensor:
+    return model.backbone.embeddings(input_ids)
+
+
+@torch.no_grad()
+def original_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    return forward_from_embeddings(model, embed(model, input_ids), ())
+
+
+def default_target(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """argmax of the original (rule-free) logits at the last position, int64 [B]."""
+    return original_logits(model, input_ids)[:, -1, :].argmax(-1)
+
+
+def relevance(model, input_ids: torch.Tensor, rules="mambalrp", target: torch.Tensor | None = None):
+    """Return dict with ``relevance`` [B,S], ``relevance_embedding`` [B,S,H],
+    ``relevance_bias`` [B] (relevance absorbed by the conv1d biases, the only additive
+    constants on the relevance path), ``target`` [B], ``target_logit`` [B] (the logit
+    under the rule set, which has the same forward value as the original)."""
+    rules = parse_rules(rules)
+    if target is None:
+        target = default_target(model, input_ids)
+    E = embed(model, input_ids).detach().clone().requires_grad_(True)
+    bias_leaves: list = []
+    logits = forward_from_embeddings(model, E, rules, bias_leaves)
+    batch = torch.arange(input_ids.shape[0])
+    f = logits[batch, -1, target]
+    grads = torch.autograd.grad(f.sum(), [E, *bias_leaves])
+    R_E = (E * grads[0]).detach()
+    R_bias = torch.zeros(input_ids.shape[0])
+    for c, g in zip(bias_leaves, grads[1:]):
+        R_bias = R_bias + (c * g).detach().sum(dim=(1, 2))
+    return {
+        "relevance": R_E.sum(-1),
+        "relevance_embedding": R_E,
+        "relevance_bias": R_bias,
+        "target": target,
+        "target_logit": f.detach(),
+        "logits": logits.detach(),
+    }
+
+
+def check_against_hf(model, input_ids: torch.Tensor, atol: float = 1e-5) -> float:
+    """Assert our rule-free forward reproduces HF's logits; return max abs diff."""
+    with torch.no_grad():
+        hf = model(input_ids=input_ids, use_cache=False).logits.float()
+    ours = original_logits(model, input_ids)
+    diff = (hf - ours).abs().max().item()
+    assert diff < atol, f"our slow-path forward differs from HF by {diff}"
+    return diff
+
+
+def _selfcheck():
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MambaConfig(vocab_size=64, hidden_size=32, state_size=4, num_hidden_layers=2,
+                      expand=2, conv_kernel=4, time_step_rank=2, use_cache=False)
+    model = MambaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.backbone.layers:
+            layer.mixer.conv1d.bias.zero_()
+    ids = torch.randint(0, 64, (2, 8))
+    print("max |ours - HF| logits:", check_against_hf(model, ids))
+    r = relevance(model, ids, "mambalrp")
+    g = relevance(model, ids, "gi")
+    print("target logit      :", r["target_logit"].tolist())
+    print("sum R mambalrp    :", r["relevance"].sum(-1).tolist())
+    print("sum R gi          :", g["relevance"].sum(-1).tolist())
+    rel = ((r["relevance"].sum(-1) - r["target_logit"]).abs() / r["target_logit"].abs()).max().item()
+    print("conservation rel. gap:", rel)
+    assert rel < 1e-5
+
+
+if __name__ == "__main__":
+    _selfcheck()

@@ -1,0 +1,132 @@
+//! Reverse-mode differentiation emitted as ONNX nodes: from seeds on the explained output back to
+//! the embeddings, only over nodes on the relevance path, reusing the forward values. Rule sites
+//! act here: stop-gradient edges carry nothing back, half-gradient products halve their input.
+mod linearity;
+mod path;
+mod vjp;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+pub use path::input_dependent;
+
+use crate::error::{Error, Result};
+use crate::ir::Graph;
+
+/// How the relevance pass treats the graph.
+#[derive(Debug, Clone, Default)]
+pub struct Modifiers {
+    /// (node index, input slot) edges through which no gradient flows.
+    pub stop_edges: HashSet<(usize, usize)>,
+    /// Product nodes whose incoming gradient is halved.
+    pub half_nodes: HashSet<usize>,
+    /// Reject any non-linear op or unruled product on the relevance path.
+    pub prove_linear: bool,
+}
+
+/// A gradient contribution to one value from one consumer.
+#[derive(Debug, Clone)]
+pub(crate) enum Contribution {
+    Full(String),
+    /// The gradient of the slice `value[.., index, ..]` (axis `axis`), from a scalar-index Gather.
+    Piece { axis: usize, index: usize, value: String },
+}
+
+pub struct Gradients {
+    cotangents: HashMap<String, String>,
+    pending: HashMap<String, Vec<Contribution>>,
+    /// Per-sample relevance absorbed by constant or frozen additive terms, each `[batch]`.
+    pub bias_terms: Vec<String>,
+    pub path_nodes: usize,
+}
+
+/// Emits the backward pass for `seeds` (value, cotangent) down to `source`.
+pub fn differentiate(graph: &mut Graph, source: &str, seeds: &[(String, String)], modifiers: &Modifiers) -> Result<Gradients> {
+    let carrying = path::carrying_values(graph, source, &modifiers.stop_edges)?;
+    let seed_names: Vec<String> = seeds.iter().map(|(v, _)| v.clone()).collect();
+    let path_nodes = path::path_nodes(graph, &carrying, &seed_names, &modifiers.stop_edges)?;
+    if modifiers.prove_linear {
+        for &index in &path_nodes {
+            linearity::check(graph, index, &carrying, modifiers)?;
+        }
+    }
+    let mut grads = Gradients { cotangents: HashMap::new(), pending: HashMap::new(), bias_terms: vec![], path_nodes: path_nodes.len() };
+    for (value, cotangent) in seeds {
+        grads.pending.entry(value.clone()).or_default().push(Contribution::Full(cotangent.clone()));
+    }
+    let batch = graph.shape(source)?.first().copied().unwrap_or(1);
+    for &index in path_nodes.iter().rev() {
+        let node = graph.node(index).clone();
+        let out_grads: Vec<Option<String>> =
+            node.output.iter().map(|o| grads.cotangent(graph, o)).collect::<Result<_>>()?;
+        if out_grads.iter().all(Option::is_none) {
+            continue;
+        }
+        let carries: Vec<bool> = node
+            .input
+            .iter()
+            .enumerate()
+            .map(|(slot, name)| carrying.contains(name) && !modifiers.stop_edges.contains(&(index, slot)))
+            .collect();
+        let step = vjp::Step { node: &node, carries: &carries, out_grads: &out_grads, half: modifiers.half_nodes.contains(&index), batch };
+        let (contributions, bias) = vjp::backward(graph, &step)?;
+        for (slot, contribution) in contributions {
+            grads.pending.entry(node.input[slot].clone()).or_default().push(contribution);
+        }
+        grads.bias_terms.extend(bias);
+    }
+    Ok(grads)
+}
+
+impl Gradients {
+    /// The total cotangent of `value` (None when nothing reaches it), emitting the accumulation
+    /// the first time it is asked for.
+    pub fn cotangent(&mut self, graph: &mut Graph, value: &str) -> Result<Option<String>> {
+        if let Some(done) = self.cotangents.get(value) {
+            return Ok(Some(done.clone()));
+        }
+        let Some(parts) = self.pending.remove(value) else { return Ok(None) };
+        let mut full = Vec::new();
+        let mut pieces: BTreeMap<usize, BTreeMap<usize, Vec<String>>> = BTreeMap::new();
+        for part in parts {
+            match part {
+                Contribution::Full(v) => full.push(v),
+                Contribution::Piece { axis, index, value } => pieces.entry(axis).or_default().entry(index).or_default().push(value),
+            }
+        }
+        let shape = graph.shape(value)?.to_vec();
+        for (axis, by_index) in pieces {
+            full.push(assemble_pieces(graph, &shape, axis, by_index)?);
+        }
+        let total = graph.op_sum(&full);
+        self.cotangents.insert(value.to_string(), total.clone());
+        Ok(Some(total))
+    }
+}
+
+/// Stacks per-index slice gradients back into a gradient of the whole value, filling the indices
+/// nobody read with zeros: one Concat instead of one padded tensor per time step.
+fn assemble_pieces(graph: &mut Graph, shape: &[usize], axis: usize, by_index: BTreeMap<usize, Vec<String>>) -> Result<String> {
+    let dim = *shape.get(axis).ok_or_else(|| Error::InvalidModel(format!("axis {axis} beyond rank {}", shape.len())))?;
+    let mut parts = Vec::new();
+    let mut next = 0;
+    let zero_run = |graph: &mut Graph, len: usize| {
+        let mut s = shape.to_vec();
+        s[axis] = len;
+        graph.op_zeros(&s)
+    };
+    for (index, values) in by_index {
+        if index >= dim {
+            return Err(Error::InvalidModel(format!("gather index {index} beyond dimension {dim}")));
+        }
+        if index > next {
+            parts.push(zero_run(graph, index - next));
+        }
+        let slice = graph.op_sum(&values);
+        parts.push(graph.op_unsqueeze(&slice, &[axis as i64]));
+        next = index + 1;
+    }
+    if next < dim {
+        parts.push(zero_run(graph, dim - next));
+    }
+    Ok(graph.op_concat(&parts, axis))
+}

@@ -1,0 +1,55 @@
+//! Which values carry relevance and which nodes the backward pass must visit.
+use std::collections::HashSet;
+
+use crate::error::Result;
+use crate::ir::{topo, Graph};
+
+const FLOAT_TYPES: [i32; 4] = [1, 10, 11, 16];
+
+fn is_float(graph: &Graph, value: &str) -> bool {
+    graph.value_type(value).is_ok_and(|t| FLOAT_TYPES.contains(&t.dtype))
+}
+
+/// Values computed from `source` along edges that are not stopped.
+pub fn carrying_values(graph: &Graph, source: &str, stops: &HashSet<(usize, usize)>) -> Result<HashSet<String>> {
+    let mut carrying = HashSet::from([source.to_string()]);
+    for index in topo::order(graph)? {
+        let node = graph.node(index);
+        let fed = node.input.iter().enumerate().any(|(slot, i)| carrying.contains(i) && !stops.contains(&(index, slot)));
+        if fed {
+            carrying.extend(node.output.iter().filter(|o| is_float(graph, o)).cloned());
+        }
+    }
+    Ok(carrying)
+}
+
+/// Values that depend on `source` at all (no rule applied): what the matchers call data.
+pub fn input_dependent(graph: &Graph, source: &str) -> Result<HashSet<String>> {
+    carrying_values(graph, source, &HashSet::new())
+}
+
+/// Nodes, in topological order, that lie between the source and the seeds: some output is needed
+/// by a seed and some input carries relevance along an open edge.
+pub fn path_nodes(graph: &Graph, carrying: &HashSet<String>, seeds: &[String], stops: &HashSet<(usize, usize)>) -> Result<Vec<usize>> {
+    let order = topo::order(graph)?;
+    let mut needed: HashSet<&str> = seeds.iter().map(String::as_str).collect();
+    let mut on_path = Vec::new();
+    for &index in order.iter().rev() {
+        let node = graph.node(index);
+        if !node.output.iter().any(|o| needed.contains(o.as_str())) {
+            continue;
+        }
+        let mut open = false;
+        for (slot, input) in node.input.iter().enumerate() {
+            if carrying.contains(input) && !stops.contains(&(index, slot)) {
+                needed.insert(input);
+                open = true;
+            }
+        }
+        if open {
+            on_path.push(index);
+        }
+    }
+    on_path.reverse();
+    Ok(on_path)
+}

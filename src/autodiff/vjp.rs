@@ -1,0 +1,364 @@
+//! One vector-Jacobian rule per op type. Each takes the cotangents of a node's outputs and emits
+//! the nodes computing the cotangents of its relevance-carrying inputs, plus the relevance that
+//! constant additive terms (biases) absorb.
+use super::Contribution;
+use crate::error::{Error, Result};
+use crate::ir::shapes::{normalize_axis, reduction, slice_spec, split_sizes};
+use crate::ir::Graph;
+use crate::onnx::attributes::{self, make_int, make_ints};
+use crate::onnx::proto::NodeProto;
+
+pub(super) struct Step<'a> {
+    pub node: &'a NodeProto,
+    /// Per input slot: does relevance flow back into it?
+    pub carries: &'a [bool],
+    pub out_grads: &'a [Option<String>],
+    /// The gate half rule applies to this product.
+    pub half: bool,
+    pub batch: usize,
+}
+
+type Contributions = Vec<(usize, Contribution)>;
+
+pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions, Option<String>)> {
+    let node = step.node;
+    let no_rule = |detail: &str| Error::NoVjp { node: node.name().to_string(), op: node.op_type().to_string(), detail: detail.to_string() };
+    let g = match step.out_grads.first() {
+        Some(Some(g)) => g.clone(),
+        _ if node.op_type() == "Split" => String::new(),
+        _ => return Ok((vec![], None)),
+    };
+    let input_shape = |graph: &Graph, slot: usize| graph.shape(&node.input[slot]).map(<[usize]>::to_vec);
+    let out_shape = graph.shape(&node.output[0])?.to_vec();
+    let full = |slot: usize, v: String| (slot, Contribution::Full(v));
+    let mut out: Contributions = Vec::new();
+    let mut bias = None;
+    match node.op_type() {
+        "Identity" => out.push(full(0, g)),
+        "Cast" => {
+            let source = graph.value_type(&node.input[0])?.dtype;
+            if source == graph.value_type(&node.output[0])?.dtype {
+                out.push(full(0, g));
+            } else {
+                out.push(full(0, graph.add_node("Cast", &[&g], vec![make_int("to", source as i64)])));
+            }
+        }
+        "Neg" => out.push(full(0, graph.op_unary("Neg", &g))),
+        "Add" | "Sub" | "Sum" => {
+            let mut terms = Vec::new();
+            for slot in 0..node.input.len() {
+                let negative = node.op_type() == "Sub" && slot == 1;
+                if step.carries[slot] {
+                    let gi = if negative { graph.op_unary("Neg", &g) } else { g.clone() };
+                    let shape = input_shape(graph, slot)?;
+                    out.push(full(slot, graph.op_unbroadcast(&gi, &out_shape, &shape)));
+                } else {
+                    let term = per_sample_dot(graph, &g, &node.input[slot], &out_shape, step.batch, node)?;
+                    terms.push(if negative { graph.op_unary("Neg", &term) } else { term });
+                }
+            }
+            bias = (!terms.is_empty()).then(|| graph.op_sum(&terms));
+        }
+        "Mul" => {
+            let g = if step.half { graph.op_scale(&g, 0.5) } else { g };
+            for slot in 0..2 {
+                if step.carries[slot] {
+                    let product = graph.op_binary("Mul", &g, &node.input[1 - slot]);
+                    let shape = input_shape(graph, slot)?;
+                    out.push(full(slot, graph.op_unbroadcast(&product, &out_shape, &shape)));
+                }
+            }
+        }
+        "Div" => {
+            let b = &node.input[1];
+            if step.carries[0] {
+                let q = graph.op_binary("Div", &g, b);
+                let shape = input_shape(graph, 0)?;
+                out.push(full(0, graph.op_unbroadcast(&q, &out_shape, &shape)));
+            }
+            if step.carries[1] {
+                let q = graph.op_binary("Div", &node.output[0], b);
+                let gq = graph.op_binary("Mul", &g, &q);
+                let neg = graph.op_unary("Neg", &gq);
+                let shape = input_shape(graph, 1)?;
+                out.push(full(1, graph.op_unbroadcast(&neg, &out_shape, &shape)));
+            }
+        }
+        "MatMul" => {
+            let (a_shape, b_shape) = (input_shape(graph, 0)?, input_shape(graph, 1)?);
+            if step.carries[0] {
+                let bt = graph.op_transpose_last_two(&node.input[1], b_shape.len());
+                let ga = graph.op_binary("MatMul", &g, &bt);
+                let mut ga_shape = out_shape.clone();
+                *ga_shape.last_mut().expect("rank >= 2") = a_shape[a_shape.len() - 1];
+                out.push(full(0, graph.op_unbroadcast(&ga, &ga_shape, &a_shape)));
+            }
+            if step.carries[1] {
+                let at = graph.op_transpose_last_two(&node.input[0], a_shape.len());
+                let gb = graph.op_binary("MatMul", &at, &g);
+                let mut gb_shape = out_shape.clone();
+                let r = gb_shape.len();
+                gb_shape[r - 2] = b_shape[b_shape.len() - 2];
+                out.push(full(1, graph.op_unbroadcast(&gb, &gb_shape, &b_shape)));
+            }
+        }
+        "Gemm" => {
+            let alpha = attributes::float(node, "alpha").unwrap_or(1.0);
+            let beta = attributes::float(node, "beta").unwrap_or(1.0);
+            let ta = attributes::int(node, "transA").unwrap_or(0);
+            let tb = attributes::int(node, "transB").unwrap_or(0);
+            let gemm = |graph: &mut Graph, x: &str, y: &str, t1: i64, t2: i64| {
+                graph.add_node("Gemm", &[x, y], vec![make_int("transA", t1), make_int("transB", t2), alpha_attr(alpha)])
+            };
+            let (a, b) = (node.input[0].clone(), node.input[1].clone());
+            if step.carries[0] {
+                let ga = if ta == 0 { gemm(graph, &g, &b, 0, 1 - tb) } else { gemm(graph, &b, &g, tb, 1) };
+                out.push(full(0, ga));
+            }
+            if step.carries[1] {
+                let gb = if tb == 0 { gemm(graph, &a, &g, 1 - ta, 0) } else { gemm(graph, &g, &a, 1, ta) };
+                out.push(full(1, gb));
+            }
+            if let Some(c) = node.input.get(2).filter(|c| !c.is_empty()) {
+                let scaled = if beta == 1.0 { g.clone() } else { graph.op_scale(&g, beta) };
+                if step.carries[2] {
+                    let shape = input_shape(graph, 2)?;
+                    out.push(full(2, graph.op_unbroadcast(&scaled, &out_shape, &shape)));
+                } else {
+                    bias = Some(per_sample_dot(graph, &scaled, c, &out_shape, step.batch, node)?);
+                }
+            }
+        }
+        "Conv" => {
+            if step.carries.get(1).copied().unwrap_or(false) {
+                return Err(no_rule(" (relevance through Conv weights)"));
+            }
+            if step.carries[0] {
+                out.push(full(0, conv_input_gradient(graph, node, &g, &input_shape(graph, 0)?, &out_shape)?));
+            }
+            if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
+                let mut bshape = vec![1; out_shape.len()];
+                bshape[1] = out_shape[1];
+                let b4 = graph.op_reshape(b, &bshape);
+                bias = Some(per_sample_dot(graph, &g, &b4, &out_shape, step.batch, node)?);
+            }
+        }
+        "Unsqueeze" | "Squeeze" | "Reshape" | "Flatten" => {
+            let shape = input_shape(graph, 0)?;
+            out.push(full(0, graph.op_reshape(&g, &shape)));
+        }
+        "Transpose" => {
+            let rank = out_shape.len() as i64;
+            let perm = attributes::ints(node, "perm").unwrap_or_else(|| (0..rank).rev().collect());
+            let mut inverse = vec![0i64; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inverse[p as usize] = i as i64;
+            }
+            out.push(full(0, graph.op_transpose(&g, &inverse)));
+        }
+        "Expand" => {
+            let shape = input_shape(graph, 0)?;
+            out.push(full(0, graph.op_unbroadcast(&g, &out_shape, &shape)));
+        }
+        "ReduceSum" | "ReduceMean" => {
+            let shape = input_shape(graph, 0)?;
+            let (axes, keep) = reduction(graph, node, &shape)?;
+            let kept = if keep {
+                g
+            } else {
+                let mut kept_shape = shape.clone();
+                for &a in &axes {
+                    kept_shape[a] = 1;
+                }
+                graph.op_reshape(&g, &kept_shape)
+            };
+            let mut spread = graph.op_expand(&kept, &shape);
+            if node.op_type() == "ReduceMean" {
+                let count: usize = axes.iter().map(|&a| shape[a]).product();
+                spread = graph.op_scale(&spread, 1.0 / count.max(1) as f32);
+            }
+            out.push(full(0, spread));
+        }
+        "Slice" => {
+            let shape = input_shape(graph, 0)?;
+            let mut before = vec![0; shape.len()];
+            let mut after = vec![0; shape.len()];
+            for (axis, start, end, step_size) in slice_spec(graph, node, &shape)? {
+                if step_size != 1 {
+                    return Err(no_rule(" (Slice with a step other than 1)"));
+                }
+                before[axis] = start.max(0) as usize;
+                after[axis] = shape[axis].saturating_sub(end.max(start).max(0) as usize);
+            }
+            out.push(full(0, graph.op_pad(&g, &before, &after)));
+        }
+        "Split" => {
+            let shape = input_shape(graph, 0)?;
+            let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), shape.len(), node)?;
+            let sizes = split_sizes(graph, node, shape[axis])?;
+            let mut parts = Vec::new();
+            for (i, &size) in sizes.iter().enumerate() {
+                match step.out_grads.get(i).cloned().flatten() {
+                    Some(gi) => parts.push(gi),
+                    None => {
+                        let mut s = shape.clone();
+                        s[axis] = size;
+                        parts.push(graph.op_zeros(&s));
+                    }
+                }
+            }
+            out.push(full(0, graph.op_concat(&parts, axis)));
+        }
+        "Concat" => {
+            let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), out_shape.len(), node)?;
+            let mut offset = 0;
+            for slot in 0..node.input.len() {
+                let len = input_shape(graph, slot)?[axis];
+                if step.carries[slot] {
+                    out.push(full(slot, graph.op_slice(&g, axis, offset, offset + len)));
+                }
+                offset += len;
+            }
+        }
+        "Gather" => {
+            let shape = input_shape(graph, 0)?;
+            let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), shape.len(), node)?;
+            let indices = graph
+                .constant(&node.input[1])
+                .ok_or_else(|| no_rule(" (Gather on the relevance path needs constant indices)"))?
+                .clone();
+            let dim = shape[axis] as i64;
+            let normalize = |i: i64| if (-dim..dim).contains(&i) { Ok(i.rem_euclid(dim) as usize) } else { Err(no_rule(" (index out of range)")) };
+            match indices.shape() {
+                [] => {
+                    let index = normalize(indices.to_i64_vec()[0])?;
+                    out.push((0, Contribution::Piece { axis, index, value: g }));
+                }
+                [_] => {
+                    for (j, &i) in indices.to_i64_vec().iter().enumerate() {
+                        let pick = graph.scalar_i64(j as i64);
+                        let piece = graph.add_node("Gather", &[&g, &pick], vec![make_int("axis", axis as i64)]);
+                        out.push((0, Contribution::Piece { axis, index: normalize(i)?, value: piece }));
+                    }
+                }
+                _ => return Err(no_rule(" (Gather with multi-dimensional indices)")),
+            }
+        }
+        "Where" => {
+            let zero = graph.scalar_f32(0.0);
+            for (slot, keep_where_true) in [(1, true), (2, false)] {
+                if step.carries[slot] {
+                    let picked = if keep_where_true {
+                        graph.add_node("Where", &[&node.input[0], &g, &zero], vec![])
+                    } else {
+                        graph.add_node("Where", &[&node.input[0], &zero, &g], vec![])
+                    };
+                    let shape = input_shape(graph, slot)?;
+                    out.push(full(slot, graph.op_unbroadcast(&picked, &out_shape, &shape)));
+                }
+            }
+        }
+        // Exact derivatives of the non-linear ops: used by `--rules gi` and rule ablations.
+        "Sigmoid" => {
+            let y = &node.output[0];
+            let one = graph.scalar_f32(1.0);
+            let rest = graph.op_binary("Sub", &one, y);
+            let d = graph.op_binary("Mul", y, &rest);
+            out.push(full(0, graph.op_binary("Mul", &g, &d)));
+        }
+        "Exp" => out.push(full(0, graph.op_binary("Mul", &g, &node.output[0]))),
+        "Softplus" => {
+            let s = graph.op_unary("Sigmoid", &node.input[0]);
+            out.push(full(0, graph.op_binary("Mul", &g, &s)));
+        }
+        "Sqrt" => {
+            let half = graph.op_scale(&g, 0.5);
+            out.push(full(0, graph.op_binary("Div", &half, &node.output[0])));
+        }
+        "Reciprocal" => {
+            let sq = graph.op_binary("Mul", &node.output[0], &node.output[0]);
+            let gsq = graph.op_binary("Mul", &g, &sq);
+            out.push(full(0, graph.op_unary("Neg", &gsq)));
+        }
+        "Tanh" => {
+            let sq = graph.op_binary("Mul", &node.output[0], &node.output[0]);
+            let one = graph.scalar_f32(1.0);
+            let d = graph.op_binary("Sub", &one, &sq);
+            out.push(full(0, graph.op_binary("Mul", &g, &d)));
+        }
+        "Pow" => {
+            if step.carries[1] {
+                return Err(no_rule(" (relevance through the exponent)"));
+            }
+            let exponent = graph
+                .constant(&node.input[1])
+                .filter(|t| t.shape().iter().product::<usize>() == 1)
+                .map(|t| t.to_f64_vec()[0] as f32)
+                .ok_or_else(|| no_rule(" (Pow needs a constant scalar exponent)"))?;
+            let e1 = graph.scalar_f32(exponent - 1.0);
+            let p = graph.op_binary("Pow", &node.input[0], &e1);
+            let scaled = graph.op_scale(&p, exponent);
+            let prod = graph.op_binary("Mul", &g, &scaled);
+            let shape = input_shape(graph, 0)?;
+            out.push(full(0, graph.op_unbroadcast(&prod, &out_shape, &shape)));
+        }
+        _ => return Err(no_rule("")),
+    }
+    Ok((out, bias))
+}
+
+fn alpha_attr(alpha: f32) -> crate::onnx::proto::AttributeProto {
+    crate::onnx::proto::AttributeProto {
+        name: Some("alpha".into()),
+        r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Float as i32),
+        f: Some(alpha),
+        ..Default::default()
+    }
+}
+
+/// `sum(term * g)` per sample: the relevance a constant additive term absorbs. Axis 0 must be
+/// the batch.
+fn per_sample_dot(graph: &mut Graph, g: &str, term: &str, shape: &[usize], batch: usize, node: &NodeProto) -> Result<String> {
+    if shape.first() != Some(&batch) {
+        return Err(Error::node(node, format!("cannot attribute bias relevance per sample: output shape {shape:?} does not start with the batch size {batch}")));
+    }
+    let product = graph.op_binary("Mul", g, term);
+    let axes: Vec<i64> = (1..shape.len() as i64).collect();
+    if axes.is_empty() {
+        return Ok(product);
+    }
+    Ok(graph.op_reduce_sum(&product, &axes, false))
+}
+
+/// Cotangent of a Conv input: the transposed convolution with the same weights.
+fn conv_input_gradient(graph: &mut Graph, node: &NodeProto, g: &str, x_shape: &[usize], y_shape: &[usize]) -> Result<String> {
+    let spatial = x_shape.len() - 2;
+    let w_shape = graph.shape(&node.input[1])?.to_vec();
+    let pads = attributes::ints(node, "pads").unwrap_or_else(|| vec![0; 2 * spatial]);
+    let strides = attributes::ints(node, "strides").unwrap_or_else(|| vec![1; spatial]);
+    let dilations = attributes::ints(node, "dilations").unwrap_or_else(|| vec![1; spatial]);
+    let group = attributes::int(node, "group").unwrap_or(1);
+    let output_padding: Vec<i64> = (0..spatial)
+        .map(|i| {
+            let produced = (y_shape[2 + i] as i64 - 1) * strides[i] + dilations[i] * (w_shape[2 + i] as i64 - 1) + 1
+                - pads[i]
+                - pads[i + spatial];
+            x_shape[2 + i] as i64 - produced
+        })
+        .collect();
+    if output_padding.iter().any(|&p| p < 0) {
+        return Err(Error::node(node, "cannot invert this Conv's shape arithmetic"));
+    }
+    let kernel: Vec<i64> = w_shape[2..].iter().map(|&k| k as i64).collect();
+    let mut attrs = vec![
+        make_int("group", group),
+        make_ints("kernel_shape", &kernel),
+        make_ints("pads", &pads),
+        make_ints("strides", &strides),
+        make_ints("dilations", &dilations),
+    ];
+    if output_padding.iter().any(|&p| p > 0) {
+        attrs.push(make_ints("output_padding", &output_padding));
+    }
+    Ok(graph.add_node("ConvTranspose", &[g, &node.input[1]], attrs))
+}

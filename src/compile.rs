@@ -1,0 +1,183 @@
+//! The pipeline: load -> match rules -> differentiate -> emit. Verification lives in `verify`.
+use std::collections::BTreeMap;
+
+use crate::autodiff::{self, Modifiers};
+use crate::emit::{self, TargetMode};
+use crate::error::{Error, Result};
+use crate::ir::{topo, Graph};
+use crate::onnx::proto::ModelProto;
+use crate::rules::{self, Effect, Matches, RuleSet};
+
+pub const MAX_IR_VERSION: i64 = 11;
+pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 13..=24;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub rules: RuleSet,
+    pub target: TargetMode,
+    pub emit_embedding: bool,
+    pub emit_layers: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { rules: RuleSet::mambalrp(), target: TargetMode::Argmax, emit_embedding: false, emit_layers: false }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CompileReport {
+    pub tool_version: String,
+    pub rules: String,
+    pub target: TargetMode,
+    pub site_counts: BTreeMap<String, usize>,
+    pub sites: Vec<String>,
+    pub rejected_candidates: Vec<String>,
+    pub blocks: usize,
+    pub nodes_original: usize,
+    pub nodes_compiled: usize,
+    pub relevance_path_nodes: usize,
+    pub opset: i64,
+    pub outputs: Vec<String>,
+}
+
+pub struct Compiled {
+    pub model: ModelProto,
+    pub report: CompileReport,
+}
+
+fn check_versions(model: &ModelProto, graph: &Graph) -> Result<()> {
+    if model.ir_version() > MAX_IR_VERSION {
+        return Err(Error::Unsupported(format!("IR version {} is newer than the supported {MAX_IR_VERSION}", model.ir_version())));
+    }
+    if !OPSET_RANGE.contains(&graph.opset) {
+        return Err(Error::Unsupported(format!(
+            "default-domain opset {} is outside the supported range {}..={}",
+            graph.opset,
+            OPSET_RANGE.start(),
+            OPSET_RANGE.end()
+        )));
+    }
+    Ok(())
+}
+
+/// Finds the rule sites of a model without compiling it.
+pub fn find_matches(graph: &Graph) -> Result<(String, Matches)> {
+    let embeddings = emit::find_embeddings(graph)?;
+    let dependent = autodiff::input_dependent(graph, &embeddings)?;
+    Ok((embeddings, rules::match_all(graph, &dependent)))
+}
+
+pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
+    let mut graph = Graph::from_model(model)?;
+    check_versions(model, &graph)?;
+    let nodes_original = graph.nodes().len();
+    for name in [emit::RELEVANCE, emit::RELEVANCE_TARGET_LOGIT, emit::RELEVANCE_BIAS, emit::RELEVANCE_EMBEDDING, emit::RELEVANCE_LAYERS, emit::TARGET_INPUT] {
+        if graph.producer(name).is_some() || graph.proto.input.iter().any(|i| i.name() == name) {
+            return Err(Error::Unsupported(format!("the model already has a value named '{name}' (compiled twice?)")));
+        }
+    }
+    let (embeddings, matches) = find_matches(&graph)?;
+    if matches.count(rules::Rule::Ssm) == 0 {
+        return Err(Error::Unsupported(
+            "no Mamba block found: looked for a selective scan (Softplus(dt_proj(dt)) with dt split from the x_proj \
+             output), SiLU Mul(x, Sigmoid(x)) and RMSNorm x / sqrt(mean(x^2) + eps)"
+                .into(),
+        ));
+    }
+    let mut modifiers = Modifiers { prove_linear: options.rules.is_complete(), ..Default::default() };
+    for site in matches.enabled(&options.rules) {
+        match &site.effect {
+            Effect::StopGradient(edges) => modifiers.stop_edges.extend(edges.iter().copied()),
+            Effect::HalfGradient(node) => {
+                modifiers.half_nodes.insert(*node);
+            }
+        }
+    }
+
+    let explained = emit::explain_target(&mut graph, options.target)?;
+    let mut grads = autodiff::differentiate(&mut graph, &embeddings, &explained.seeds, &modifiers)?;
+    let embedding_grad = grads
+        .cotangent(&mut graph, &embeddings)?
+        .ok_or_else(|| Error::Unsupported(format!("output '{}' does not depend on the embeddings '{embeddings}'", explained.logits_output)))?;
+
+    let shape = graph.shape(&embeddings)?.to_vec();
+    let (batch, seq) = (shape[0], shape[1]);
+    let per_token = |graph: &mut Graph, value: &str, grad: &str| {
+        let r = graph.op_binary("Mul", value, grad);
+        let tokens = graph.op_reduce_sum(&r, &[-1], false);
+        (r, tokens)
+    };
+    let (relevance_embedding, relevance) = per_token(&mut graph, &embeddings, &embedding_grad);
+    let bias = match grads.bias_terms.as_slice() {
+        [] => graph.op_zeros(&[batch]),
+        terms => graph.op_sum(terms),
+    };
+    let mut outputs = vec![
+        (relevance, emit::RELEVANCE, vec![batch, seq]),
+        (explained.logit.clone(), emit::RELEVANCE_TARGET_LOGIT, vec![batch]),
+        (bias, emit::RELEVANCE_BIAS, vec![batch]),
+    ];
+    if options.emit_embedding {
+        outputs.push((relevance_embedding, emit::RELEVANCE_EMBEDDING, shape.clone()));
+    }
+    if options.emit_layers {
+        if matches.norm_inputs.is_empty() {
+            return Err(Error::Unsupported("--emit layers needs the blocks' RMSNorms, and none was found".into()));
+        }
+        let mut rows = Vec::new();
+        for value in &matches.norm_inputs {
+            let grad = match grads.cotangent(&mut graph, value)? {
+                Some(g) => g,
+                None => graph.op_zeros(graph.shape(value)?.to_vec().as_slice()),
+            };
+            let (_, tokens) = per_token(&mut graph, value, &grad);
+            rows.push(graph.op_unsqueeze(&tokens, &[0]));
+        }
+        let stacked = graph.op_concat(&rows, 0);
+        outputs.push((stacked, emit::RELEVANCE_LAYERS, vec![rows.len(), batch, seq]));
+    }
+    for (value, name, shape) in &outputs {
+        emit::add_output(&mut graph, value, name, shape);
+    }
+    topo::remove_dead_nodes(&mut graph, |n| n.name().starts_with("mambalrp/"));
+    remove_unused_constants(&mut graph);
+
+    let sites: Vec<String> = matches.enabled(&options.rules).map(|s| s.label()).collect();
+    let mut site_counts = BTreeMap::new();
+    for site in matches.enabled(&options.rules) {
+        *site_counts.entry(site.rule.name().to_string()).or_insert(0) += 1;
+    }
+    let report = CompileReport {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        rules: options.rules.to_string(),
+        target: options.target,
+        site_counts,
+        sites,
+        rejected_candidates: matches.rejections.iter().map(|r| format!("{} '{}': {}", r.rule.name(), r.node, r.reason)).collect(),
+        blocks: matches.norm_inputs.len().saturating_sub(1),
+        nodes_original,
+        nodes_compiled: graph.nodes().len(),
+        relevance_path_nodes: grads.path_nodes,
+        opset: graph.opset,
+        outputs: outputs.iter().map(|(_, n, _)| n.to_string()).collect(),
+    };
+    let mut compiled = model.clone();
+    graph.into_model(&mut compiled);
+    emit::add_metadata(
+        &mut compiled,
+        &[
+            ("mambalrp.version", report.tool_version.clone()),
+            ("mambalrp.rules", report.rules.clone()),
+            ("mambalrp.target", format!("{}, last position", serde_json::to_string(&report.target).unwrap_or_default().trim_matches('"'))),
+            ("mambalrp.sites", report.sites.join("\n")),
+            ("mambalrp.site_counts", serde_json::to_string(&report.site_counts).unwrap_or_default()),
+        ],
+    );
+    Ok(Compiled { model: compiled, report })
+}
+
+fn remove_unused_constants(graph: &mut Graph) {
+    let used: std::collections::HashSet<String> = graph.proto.node.iter().flat_map(|n| n.input.iter().cloned()).collect();
+    graph.proto.initializer.retain(|t| !t.name().starts_with("mambalrp/") || used.contains(t.name()));
+}

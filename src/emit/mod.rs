@@ -1,0 +1,9 @@
+//! Everything the compiled model adds around the backward pass: which logit is explained, the
+//! seed cotangent, the relevance outputs and the metadata.
+mod outputs;
+mod source;
+mod target;
+
+pub use outputs::{add_metadata, add_output, RELEVANCE, RELEVANCE_BIAS, RELEVANCE_EMBEDDING, RELEVANCE_LAYERS, RELEVANCE_TARGET_LOGIT};
+pub use source::find_embeddings;
+pub use target::{explain_target, Explained, TargetMode, TARGET_INPUT};

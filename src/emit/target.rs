@@ -1,0 +1,91 @@
+//! The explained logit and the seed cotangent of the backward pass.
+use crate::error::{Error, Result};
+use crate::ir::Graph;
+use crate::onnx::attributes::make_int;
+
+pub const TARGET_INPUT: &str = "lrp_target";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetMode {
+    /// The argmax class of the explained logits.
+    #[default]
+    Argmax,
+    /// A new int64 input `lrp_target` [batch] chooses the class.
+    Input,
+}
+
+pub struct Explained {
+    /// The explained logit per sample, `[batch]`.
+    pub logit: String,
+    /// (value, cotangent) pairs that start the backward pass.
+    pub seeds: Vec<(String, String)>,
+    pub logits_output: String,
+}
+
+/// Builds target selection on the model's first output (`[batch, seq, vocab]`: last position;
+/// `[batch, classes]`) and the seed. For an LM head `MatMul(h, W)` the seed is placed on h as
+/// the target's column of W, instead of multiplying a one-hot by the whole vocabulary matrix.
+pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> {
+    let logits = graph.proto.output.first().map(|o| o.name().to_string()).ok_or_else(|| Error::InvalidModel("graph has no outputs".into()))?;
+    let shape = graph.shape(&logits)?.to_vec();
+    let (batch, classes, positions) = match shape[..] {
+        [b, s, v] => (b, v, Some(s)),
+        [b, v] => (b, v, None),
+        _ => return Err(Error::Unsupported(format!("output '{logits}' has shape {shape:?}; expected [batch, seq, vocab] or [batch, classes]"))),
+    };
+    let last = match positions {
+        Some(s) => {
+            let index = graph.scalar_i64(s as i64 - 1);
+            graph.add_node("Gather", &[&logits, &index], vec![make_int("axis", 1)])
+        }
+        None => logits.clone(),
+    };
+    let target = match mode {
+        TargetMode::Argmax => graph.add_node("ArgMax", &[&last], vec![make_int("axis", 1), make_int("keepdims", 0)]),
+        TargetMode::Input => {
+            graph.proto.input.push(super::outputs::value_info(TARGET_INPUT, 7, &[batch]));
+            TARGET_INPUT.to_string()
+        }
+    };
+    let column = graph.op_unsqueeze(&target, &[1]);
+    let picked = graph.add_node("GatherElements", &[&last, &column], vec![make_int("axis", 1)]);
+    let logit = graph.op_squeeze(&picked, &[1]);
+
+    let place = |graph: &mut Graph, per_sample: String| match positions {
+        Some(s) => {
+            let row = graph.op_unsqueeze(&per_sample, &[1]);
+            if s > 1 {
+                graph.op_pad(&row, &[0, s - 1, 0], &[0, 0, 0])
+            } else {
+                row
+            }
+        }
+        None => per_sample,
+    };
+    let head = lm_head(graph, &logits);
+    let seeds = match head {
+        Some((hidden, weight)) => {
+            let columns = graph.add_node("Gather", &[&weight, &target], vec![make_int("axis", 1)]);
+            let rows = graph.op_transpose(&columns, &[1, 0]);
+            vec![(hidden, place(graph, rows))]
+        }
+        None => {
+            let depth = graph.const_i64(&[classes as i64]);
+            let values = graph.add_constant(crate::onnx::Tensor::F32(ndarray::arr1(&[0.0f32, 1.0]).into_dyn()));
+            let one_hot = graph.add_node("OneHot", &[&target, &depth, &values], vec![make_int("axis", -1)]);
+            vec![(logits.clone(), place(graph, one_hot))]
+        }
+    };
+    Ok(Explained { logit, seeds, logits_output: logits })
+}
+
+/// `(h, W)` when the logits are `MatMul(h, W)` with a constant `[hidden, vocab]` W, through no-op
+/// Casts.
+fn lm_head(graph: &Graph, logits: &str) -> Option<(String, String)> {
+    let root = crate::rules::skip_noops(graph, logits);
+    let (_, node) = graph.producer(root).filter(|(_, n)| n.op_type() == "MatMul")?;
+    let weight = &node.input[1];
+    let rank_ok = graph.value_type(weight).is_ok_and(|t| t.rank() == 2);
+    (graph.is_constant(weight) && rank_ok).then(|| (node.input[0].clone(), weight.clone()))
+}

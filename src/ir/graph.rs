@@ -1,0 +1,257 @@
+use std::collections::{HashMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+use crate::onnx::tensor::tensor_from_proto;
+use crate::onnx::{attributes, Tensor};
+
+/// Constants above this many elements are never decoded: the compiler only needs small ones
+/// (axes, indices, exponents, eps) and must not copy the weights.
+const MAX_DECODED_ELEMENTS: usize = 4096;
+
+/// Element type and static shape of a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueType {
+    pub dtype: i32,
+    pub shape: Vec<usize>,
+}
+
+impl ValueType {
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+pub struct Graph {
+    pub proto: GraphProto,
+    /// Version of the default-domain opset the model imports.
+    pub opset: i64,
+    pub(super) types: HashMap<String, ValueType>,
+    pub(super) constants: HashMap<String, Tensor>,
+    initializer_names: HashSet<String>,
+    producers: HashMap<String, (usize, usize)>,
+    consumers: HashMap<String, Vec<(usize, usize)>>,
+    used_names: HashSet<String>,
+    constant_cache: HashMap<String, String>,
+    next_id: usize,
+}
+
+impl Graph {
+    /// Builds the view of `model`'s main graph and infers static types for every value.
+    pub fn from_model(model: &ModelProto) -> Result<Graph> {
+        let proto = model.graph.clone().ok_or_else(|| Error::InvalidModel("model holds no graph".into()))?;
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+            .map(|o| o.version())
+            .ok_or_else(|| Error::Unsupported("model imports no default-domain (ai.onnx) opset".into()))?;
+        let mut graph = Graph {
+            proto,
+            opset,
+            types: HashMap::new(),
+            constants: HashMap::new(),
+            initializer_names: HashSet::new(),
+            producers: HashMap::new(),
+            consumers: HashMap::new(),
+            used_names: HashSet::new(),
+            constant_cache: HashMap::new(),
+            next_id: 0,
+        };
+        graph.index()?;
+        super::shapes::infer(&mut graph)?;
+        Ok(graph)
+    }
+
+    /// Writes the graph back into `model`, replacing its main graph.
+    pub fn into_model(self, model: &mut ModelProto) {
+        model.graph = Some(self.proto);
+    }
+
+    fn index(&mut self) -> Result<()> {
+        for init in &self.proto.initializer {
+            let name = init.name().to_string();
+            self.used_names.insert(name.clone());
+            self.initializer_names.insert(name.clone());
+            let count: i64 = init.dims.iter().product();
+            if init.data_location != Some(1) && (0..=MAX_DECODED_ELEMENTS as i64).contains(&count) {
+                if let Some(t) = tensor_from_proto(init)? {
+                    self.constants.insert(name.clone(), t);
+                }
+            }
+            if init.dims.iter().all(|&d| d >= 0) {
+                let shape = init.dims.iter().map(|&d| d as usize).collect();
+                self.types.insert(name, ValueType { dtype: init.data_type(), shape });
+            }
+        }
+        for vi in self.proto.input.iter().chain(&self.proto.output).chain(&self.proto.value_info) {
+            self.used_names.insert(vi.name().to_string());
+        }
+        for index in 0..self.proto.node.len() {
+            self.index_node(index)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the producer and consumer indexes after nodes were removed.
+    pub(crate) fn reindex(&mut self) {
+        self.producers.clear();
+        self.consumers.clear();
+        for index in 0..self.proto.node.len() {
+            self.index_node(index).expect("the graph was valid before the removal");
+        }
+    }
+
+    fn index_node(&mut self, index: usize) -> Result<()> {
+        let node = &self.proto.node[index];
+        self.used_names.insert(node.name().to_string());
+        for (slot, output) in node.output.iter().enumerate() {
+            if output.is_empty() {
+                continue;
+            }
+            if self.producers.insert(output.clone(), (index, slot)).is_some() {
+                return Err(Error::node(node, format!("value '{output}' is produced twice")));
+            }
+            self.used_names.insert(output.clone());
+        }
+        for (slot, input) in node.input.iter().enumerate() {
+            if !input.is_empty() {
+                self.consumers.entry(input.clone()).or_default().push((index, slot));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn nodes(&self) -> &[NodeProto] {
+        &self.proto.node
+    }
+
+    pub fn node(&self, index: usize) -> &NodeProto {
+        &self.proto.node[index]
+    }
+
+    pub fn producer(&self, value: &str) -> Option<(usize, &NodeProto)> {
+        self.producers.get(value).map(|&(i, _)| (i, &self.proto.node[i]))
+    }
+
+    pub fn consumers(&self, value: &str) -> &[(usize, usize)] {
+        self.consumers.get(value).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn is_initializer(&self, value: &str) -> bool {
+        self.initializer_names.contains(value)
+    }
+
+    /// True when the value is fixed at compile time (initializer, Constant, folded arithmetic).
+    pub fn is_constant(&self, value: &str) -> bool {
+        self.is_initializer(value)
+            || self.constants.contains_key(value)
+            || self.producer(value).is_some_and(|(_, n)| n.op_type() == "Constant")
+    }
+
+    /// The value of a small constant, if known.
+    pub fn constant(&self, value: &str) -> Option<&Tensor> {
+        self.constants.get(value)
+    }
+
+    pub fn value_type(&self, value: &str) -> Result<&ValueType> {
+        self.types.get(value).ok_or_else(|| {
+            let from = match self.producer(value) {
+                Some((_, n)) => format!(" (output of node '{}', {})", n.name(), n.op_type()),
+                None => String::new(),
+            };
+            Error::tensor(value, format!("its shape is unknown{from}; only static shapes are supported"))
+        })
+    }
+
+    pub fn shape(&self, value: &str) -> Result<&[usize]> {
+        Ok(&self.value_type(value)?.shape)
+    }
+
+    pub fn graph_input_names(&self) -> Vec<String> {
+        self.proto.input.iter().map(|v| v.name().to_string()).filter(|n| !self.is_initializer(n)).collect()
+    }
+
+    /// A name not used anywhere in the graph, starting with `mambalrp/`.
+    pub fn fresh_name(&mut self, hint: &str) -> String {
+        loop {
+            let name = format!("mambalrp/{hint}_{}", self.next_id);
+            self.next_id += 1;
+            if self.used_names.insert(name.clone()) {
+                return name;
+            }
+        }
+    }
+
+    /// Appends a node and returns the names of its outputs.
+    pub fn add_node_multi(&mut self, op: &str, inputs: &[&str], outputs: usize, attrs: Vec<AttributeProto>) -> Vec<String> {
+        let name = self.fresh_name(op);
+        let outputs: Vec<String> = (0..outputs).map(|_| self.fresh_name(&format!("{op}_out"))).collect();
+        let node = NodeProto {
+            name: Some(name),
+            op_type: Some(op.to_string()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.clone(),
+            attribute: attrs,
+            ..Default::default()
+        };
+        self.proto.node.push(node);
+        let index = self.proto.node.len() - 1;
+        self.index_node(index).expect("fresh names are unique");
+        outputs
+    }
+
+    pub fn add_node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.add_node_multi(op, inputs, 1, attrs).remove(0)
+    }
+
+    /// Adds (or reuses) an initializer holding `tensor`.
+    pub fn add_constant(&mut self, tensor: Tensor) -> String {
+        let key = format!("{:?}", tensor);
+        if let Some(name) = self.constant_cache.get(&key) {
+            return name.clone();
+        }
+        let name = self.fresh_name("const");
+        self.add_initializer(tensor.to_proto(&name));
+        self.constants.insert(name.clone(), tensor);
+        self.constant_cache.insert(key, name.clone());
+        name
+    }
+
+    pub fn add_initializer(&mut self, proto: TensorProto) {
+        let name = proto.name().to_string();
+        self.used_names.insert(name.clone());
+        self.initializer_names.insert(name);
+        self.proto.initializer.push(proto);
+    }
+
+    pub fn const_i64(&mut self, values: &[i64]) -> String {
+        self.add_constant(Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[values.len()]), values.to_vec()).expect("1-D")))
+    }
+
+    pub fn scalar_i64(&mut self, value: i64) -> String {
+        self.add_constant(Tensor::I64(ndarray::arr0(value).into_dyn()))
+    }
+
+    pub fn scalar_f32(&mut self, value: f32) -> String {
+        self.add_constant(Tensor::F32(ndarray::arr0(value).into_dyn()))
+    }
+
+    /// Reads an integer attribute, or the matching constant input for opsets that moved the
+    /// attribute to an input (axes of Unsqueeze/Squeeze/Reduce*, split of Split).
+    pub fn ints_attr_or_input(&self, node: &NodeProto, attr: &str, input: usize) -> Result<Option<Vec<i64>>> {
+        if let Some(values) = attributes::ints(node, attr) {
+            return Ok(Some(values));
+        }
+        match node.input.get(input).filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(name) => match self.constant(name) {
+                Some(t) => Ok(Some(t.to_i64_vec())),
+                None => Err(Error::node(node, format!("input '{name}' ({attr}) must be a compile-time constant"))),
+            },
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The compiler's view of an ONNX graph: nodes as in the file, plus indexes (who produces and who
+//! consumes each value), static types, known constants, and a builder that mints unique names.
+mod fold;
+mod graph;
+mod ops;
+pub mod shapes;
+pub mod topo;
+
+pub use graph::{Graph, ValueType};

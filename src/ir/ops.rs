@@ -1,0 +1,111 @@
+//! Builders for the small node patterns the backward pass emits.
+use super::Graph;
+use crate::onnx::attributes::{make_int, make_ints};
+
+impl Graph {
+    pub fn op_unary(&mut self, op: &str, x: &str) -> String {
+        self.add_node(op, &[x], vec![])
+    }
+
+    pub fn op_binary(&mut self, op: &str, a: &str, b: &str) -> String {
+        self.add_node(op, &[a, b], vec![])
+    }
+
+    pub fn op_scale(&mut self, x: &str, factor: f32) -> String {
+        let k = self.scalar_f32(factor);
+        self.op_binary("Mul", x, &k)
+    }
+
+    /// Sum of several values (one `Sum` node, or the value itself).
+    pub fn op_sum(&mut self, values: &[String]) -> String {
+        match values {
+            [one] => one.clone(),
+            [a, b] => self.op_binary("Add", a, b),
+            many => {
+                let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+                self.add_node("Sum", &refs, vec![])
+            }
+        }
+    }
+
+    pub fn op_reshape(&mut self, x: &str, shape: &[usize]) -> String {
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let s = self.const_i64(&dims);
+        self.add_node("Reshape", &[x, &s], vec![])
+    }
+
+    pub fn op_transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.add_node("Transpose", &[x], vec![make_ints("perm", perm)])
+    }
+
+    /// Swaps the last two axes of a value of rank `rank`.
+    pub fn op_transpose_last_two(&mut self, x: &str, rank: usize) -> String {
+        let mut perm: Vec<i64> = (0..rank as i64).collect();
+        perm.swap(rank - 2, rank - 1);
+        self.op_transpose(x, &perm)
+    }
+
+    pub fn op_reduce_sum(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        let a = self.const_i64(axes);
+        self.add_node("ReduceSum", &[x, &a], vec![make_int("keepdims", keepdims as i64)])
+    }
+
+    pub fn op_unsqueeze(&mut self, x: &str, axes: &[i64]) -> String {
+        let a = self.const_i64(axes);
+        self.add_node("Unsqueeze", &[x, &a], vec![])
+    }
+
+    pub fn op_squeeze(&mut self, x: &str, axes: &[i64]) -> String {
+        let a = self.const_i64(axes);
+        self.add_node("Squeeze", &[x, &a], vec![])
+    }
+
+    pub fn op_expand(&mut self, x: &str, shape: &[usize]) -> String {
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let s = self.const_i64(&dims);
+        self.add_node("Expand", &[x, &s], vec![])
+    }
+
+    pub fn op_zeros(&mut self, shape: &[usize]) -> String {
+        let zero = self.scalar_f32(0.0);
+        self.op_expand(&zero, shape)
+    }
+
+    /// Zero-pads `x` by `before[i]` / `after[i]` elements on each axis.
+    pub fn op_pad(&mut self, x: &str, before: &[usize], after: &[usize]) -> String {
+        let pads: Vec<i64> = before.iter().chain(after).map(|&p| p as i64).collect();
+        let p = self.const_i64(&pads);
+        self.add_node("Pad", &[x, &p], vec![])
+    }
+
+    pub fn op_slice(&mut self, x: &str, axis: usize, start: usize, end: usize) -> String {
+        let (s, e, a) = (self.const_i64(&[start as i64]), self.const_i64(&[end as i64]), self.const_i64(&[axis as i64]));
+        self.add_node("Slice", &[x, &s, &e, &a], vec![])
+    }
+
+    pub fn op_concat(&mut self, parts: &[String], axis: usize) -> String {
+        if parts.len() == 1 {
+            return parts[0].clone();
+        }
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        self.add_node("Concat", &refs, vec![make_int("axis", axis as i64)])
+    }
+
+    /// Sums a gradient of shape `from` down to the shape `to` it was broadcast from.
+    pub fn op_unbroadcast(&mut self, g: &str, from: &[usize], to: &[usize]) -> String {
+        if from == to {
+            return g.to_string();
+        }
+        let lead = from.len() - to.len();
+        let axes: Vec<i64> = (0..from.len())
+            .filter(|&i| i < lead || (to[i - lead] == 1 && from[i] != 1))
+            .map(|i| i as i64)
+            .collect();
+        let reduced = if axes.is_empty() { g.to_string() } else { self.op_reduce_sum(g, &axes, true) };
+        if from.len() == to.len() {
+            reduced
+        } else {
+            self.op_reshape(&reduced, to)
+        }
+    }
+}

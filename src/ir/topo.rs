@@ -1,0 +1,65 @@
+//! Topological order and dead-code removal, run explicitly after edits.
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::Graph;
+use crate::error::{Error, Result};
+
+/// Node indices in an order where every node comes after the producers of its inputs.
+pub fn order(graph: &Graph) -> Result<Vec<usize>> {
+    let nodes = graph.nodes();
+    let producer: HashMap<&str, usize> =
+        nodes.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+    let mut pending = vec![0usize; nodes.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        for input in node.input.iter().filter(|s| !s.is_empty()) {
+            if let Some(&p) = producer.get(input.as_str()) {
+                pending[i] += 1;
+                dependents[p].push(i);
+            }
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..nodes.len()).filter(|&i| pending[i] == 0).collect();
+    let mut sorted = Vec::with_capacity(nodes.len());
+    while let Some(i) = ready.pop_front() {
+        sorted.push(i);
+        for &d in &dependents[i] {
+            pending[d] -= 1;
+            if pending[d] == 0 {
+                ready.push_back(d);
+            }
+        }
+    }
+    if sorted.len() != nodes.len() {
+        let stuck = (0..nodes.len()).find(|&i| pending[i] > 0).map(|i| nodes[i].name().to_string()).unwrap_or_default();
+        return Err(Error::InvalidModel(format!("the graph has a cycle (through node '{stuck}')")));
+    }
+    Ok(sorted)
+}
+
+/// Removes nodes whose outputs nobody reads, among those `removable` allows.
+pub fn remove_dead_nodes(graph: &mut Graph, removable: impl Fn(&crate::onnx::proto::NodeProto) -> bool) {
+    loop {
+        let mut used: HashSet<&str> = graph.proto.output.iter().map(|o| o.name()).collect();
+        for node in &graph.proto.node {
+            used.extend(node.input.iter().map(String::as_str));
+        }
+        let dead: HashSet<usize> = graph
+            .proto
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| removable(n) && n.output.iter().all(|o| !used.contains(o.as_str())))
+            .map(|(i, _)| i)
+            .collect();
+        if dead.is_empty() {
+            graph.reindex();
+            return;
+        }
+        let mut index = 0;
+        graph.proto.node.retain(|_| {
+            index += 1;
+            !dead.contains(&(index - 1))
+        });
+    }
+}

@@ -1,0 +1,37 @@
+//! R4: the multiplicative gate `y * silu(z)` multiplies two relevance-carrying tensors; the
+//! half rule keeps its value and halves the gradient into the product.
+use std::collections::{HashMap, HashSet};
+
+use super::pattern::skip_noops;
+use super::{Effect, Matches, Rejection, Rule, Site};
+use crate::ir::Graph;
+
+pub fn find(graph: &Graph, input_dependent: &HashSet<String>, silu_products: &HashMap<String, String>, matches: &mut Matches) {
+    for (index, node) in graph.nodes().iter().enumerate() {
+        if node.op_type() != "Mul" || node.input.len() != 2 || silu_products.contains_key(&node.output[0]) {
+            continue;
+        }
+        for slot in [1, 0] {
+            let gate = skip_noops(graph, &node.input[slot]);
+            if !silu_products.contains_key(gate) {
+                continue;
+            }
+            let other = skip_noops(graph, &node.input[1 - slot]);
+            if input_dependent.contains(other) {
+                matches.sites.push(Site {
+                    rule: Rule::Gate,
+                    node: node.name().to_string(),
+                    detail: format!("'{other}' * silu '{gate}', gradient halved"),
+                    effect: Effect::HalfGradient(index),
+                });
+            } else {
+                matches.rejections.push(Rejection {
+                    rule: Rule::Gate,
+                    node: node.name().to_string(),
+                    reason: format!("multiplies SiLU '{gate}' by '{other}', which does not depend on the input (already linear)"),
+                });
+            }
+            break;
+        }
+    }
+}

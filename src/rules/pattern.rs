@@ -1,0 +1,52 @@
+//! Small dataflow helpers shared by the matchers.
+use crate::ir::Graph;
+use crate::onnx::proto::NodeProto;
+
+/// Follows a value up through no-op `Identity` and same-type `Cast` nodes (the TorchScript
+/// exporter scatters `Cast(to=FLOAT)` on float tensors everywhere).
+pub fn skip_noops<'g>(graph: &'g Graph, mut value: &'g str) -> &'g str {
+    while let Some((_, node)) = graph.producer(value) {
+        let passes = match node.op_type() {
+            "Identity" => true,
+            "Cast" => {
+                let source = graph.value_type(&node.input[0]).ok().map(|t| t.dtype);
+                source.is_some() && source == graph.value_type(value).ok().map(|t| t.dtype)
+            }
+            _ => false,
+        };
+        if !passes {
+            break;
+        }
+        value = &node.input[0];
+    }
+    value
+}
+
+/// The node producing `value` (after no-ops) if its op is `op`.
+pub fn produced_by<'g>(graph: &'g Graph, value: &'g str, op: &str) -> Option<(usize, &'g NodeProto)> {
+    graph.producer(skip_noops(graph, value)).filter(|(_, n)| n.op_type() == op)
+}
+
+/// True when `value` is a compile-time constant whose elements all equal `expected`.
+pub fn is_constant_equal(graph: &Graph, value: &str, expected: f64) -> bool {
+    let value = skip_noops(graph, value);
+    graph.constant(value).is_some_and(|t| {
+        let v = t.to_f64_vec();
+        !v.is_empty() && v.iter().all(|&x| (x - expected).abs() < 1e-6)
+    })
+}
+
+/// Consumers of `value`, looking through no-op `Identity`/`Cast` nodes to the real readers.
+pub fn consumers_through_noops(graph: &Graph, value: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    for &(index, slot) in graph.consumers(value) {
+        let node = graph.node(index);
+        let output = &node.output[0];
+        if matches!(node.op_type(), "Identity" | "Cast") && skip_noops(graph, output) != output.as_str() {
+            found.extend(consumers_through_noops(graph, output));
+        } else {
+            found.push((index, slot));
+        }
+    }
+    found
+}

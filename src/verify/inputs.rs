@@ -1,0 +1,78 @@
+//! Inputs for verification: deterministic generated tokens, or arrays from an `.npz` file.
+use std::path::Path;
+
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::NpzReader;
+
+use crate::emit::TARGET_INPUT;
+use crate::error::{Error, Result};
+use crate::ir::Graph;
+use crate::onnx::Tensor;
+
+/// A fixed pseudo-random sequence (64-bit LCG), so runs are reproducible everywhere.
+fn lcg(state: &mut u64) -> u64 {
+    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *state >> 33
+}
+
+/// One deterministic value per graph input: token ids below the embedding table's size, small
+/// floats for float inputs, and target classes for `lrp_target`.
+pub fn generated_inputs(graph: &Graph) -> Result<Vec<(String, Tensor)>> {
+    let mut state = 0x5eed_u64;
+    let mut inputs = Vec::new();
+    let classes = graph
+        .proto
+        .output
+        .first()
+        .and_then(|o| graph.value_type(o.name()).ok())
+        .and_then(|t| t.shape.last().copied())
+        .unwrap_or(2)
+        .max(1);
+    for name in graph.graph_input_names() {
+        let t = graph.value_type(&name)?.clone();
+        let shape = IxDyn(&t.shape);
+        let tensor = match t.dtype {
+            6 | 7 => {
+                let bound = if name == TARGET_INPUT { classes } else { vocabulary_size(graph, &name).unwrap_or(2) } as u64;
+                Tensor::I64(ArrayD::from_shape_fn(shape, |_| (lcg(&mut state) % bound) as i64))
+            }
+            1 => Tensor::F32(ArrayD::from_shape_fn(shape, |_| (lcg(&mut state) % 2000) as f32 / 1000.0 - 1.0)),
+            other => return Err(Error::Unsupported(format!("cannot generate values for input '{name}' of data type {other}; pass --input"))),
+        };
+        inputs.push((name, tensor));
+    }
+    Ok(inputs)
+}
+
+/// Rows of the table that a Gather indexes with `input`.
+fn vocabulary_size(graph: &Graph, input: &str) -> Option<usize> {
+    graph
+        .consumers(input)
+        .iter()
+        .map(|&(i, _)| graph.node(i))
+        .find(|n| n.op_type() == "Gather" && n.input.get(1).is_some_and(|s| s == input))
+        .and_then(|n| graph.shape(&n.input[0]).ok().and_then(|s| s.first().copied()))
+}
+
+/// Reads every array of an `.npz` file, keyed by name (int64, int32 or float32).
+pub fn load_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bad = |e: String| Error::InvalidModel(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    let mut npz = NpzReader::new(file).map_err(|e| bad(e.to_string()))?;
+    let names = npz.names().map_err(|e| bad(e.to_string()))?;
+    let mut arrays = Vec::new();
+    for name in names {
+        let key = name.trim_end_matches(".npy").to_string();
+        let tensor = if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<i64>, IxDyn>(&name) {
+            Tensor::I64(a)
+        } else if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<f32>, IxDyn>(&name) {
+            Tensor::F32(a)
+        } else if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<i32>, IxDyn>(&name) {
+            Tensor::I64(a.mapv(i64::from))
+        } else {
+            return Err(bad(format!("array '{key}' is not int64, int32 or float32")));
+        };
+        arrays.push((key, tensor));
+    }
+    Ok(arrays)
+}
