@@ -1,0 +1,76 @@
+//! Shared helpers for the integration tests: fixture paths, references and comparisons.
+#![allow(dead_code)]
+use std::path::PathBuf;
+
+use mambalrp::onnx::{self, proto::ModelProto, Tensor};
+use mambalrp::{compile, Options};
+use ndarray::ArrayD;
+
+pub const FIXTURES: [&str; 4] = ["tiny_convbias", "tiny_zerobias", "small_untied", "tiny_bigxproj"];
+pub const EXPORTERS: [&str; 2] = ["", "_dynamo"];
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")
+}
+
+pub fn model_path(fixture: &str, exporter: &str) -> PathBuf {
+    fixtures_dir().join(format!("{fixture}{exporter}.onnx"))
+}
+
+pub fn load(fixture: &str, exporter: &str) -> ModelProto {
+    onnx::load_model(&model_path(fixture, exporter)).expect("fixture loads")
+}
+
+/// Reference arrays computed in PyTorch by models/make_fixtures.py.
+pub struct Reference {
+    arrays: Vec<(String, Tensor)>,
+}
+
+impl Reference {
+    pub fn load(fixture: &str) -> Reference {
+        let path = fixtures_dir().join(format!("{fixture}.ref.npz"));
+        Reference { arrays: mambalrp::verify::load_npz(&path).expect("reference loads") }
+    }
+
+    pub fn get(&self, name: &str) -> &Tensor {
+        &self.arrays.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("reference has no '{name}'")).1
+    }
+
+    pub fn f32(&self, name: &str) -> ArrayD<f32> {
+        match self.get(name) {
+            Tensor::F32(a) => a.clone(),
+            other => panic!("'{name}' is not float32: {other:?}"),
+        }
+    }
+
+    pub fn inputs(&self) -> Vec<(String, Tensor)> {
+        vec![("input_ids".to_string(), self.get("input_ids").clone())]
+    }
+}
+
+pub fn compile_with(model: &ModelProto, rules: &str, emit: bool) -> ModelProto {
+    let options = Options { rules: rules.parse().unwrap(), emit_embedding: emit, emit_layers: emit, ..Options::default() };
+    compile(model, &options).unwrap_or_else(|e| panic!("compile failed: {e}")).model
+}
+
+pub fn run(model: &ModelProto, inputs: &[(String, Tensor)]) -> Vec<(String, ArrayD<f32>)> {
+    mambalrp::verify::run_tract(model, inputs).expect("tract runs the model")
+}
+
+pub fn output<'a>(outputs: &'a [(String, ArrayD<f32>)], name: &str) -> &'a ArrayD<f32> {
+    &outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output '{name}'")).1
+}
+
+pub fn max_abs(a: &ArrayD<f32>) -> f32 {
+    a.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+pub fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    a.iter().zip(b.iter()).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// max |a - b| / max |b|
+pub fn relative_error(a: &ArrayD<f32>, reference: &ArrayD<f32>) -> f32 {
+    max_abs_diff(a, reference) / max_abs(reference)
+}
