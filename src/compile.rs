@@ -21,7 +21,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { rules: RuleSet::mambalrp(), target: TargetMode::Argmax, emit_embedding: false, emit_layers: false }
+        Options {
+            rules: RuleSet::mambalrp(),
+            target: TargetMode::Argmax,
+            emit_embedding: false,
+            emit_layers: false,
+        }
     }
 }
 
@@ -48,7 +53,10 @@ pub struct Compiled {
 
 fn check_versions(model: &ModelProto, graph: &Graph) -> Result<()> {
     if model.ir_version() > MAX_IR_VERSION {
-        return Err(Error::Unsupported(format!("IR version {} is newer than the supported {MAX_IR_VERSION}", model.ir_version())));
+        return Err(Error::Unsupported(format!(
+            "IR version {} is newer than the supported {MAX_IR_VERSION}",
+            model.ir_version()
+        )));
     }
     if !OPSET_RANGE.contains(&graph.opset) {
         return Err(Error::Unsupported(format!(
@@ -72,9 +80,18 @@ pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
     let mut graph = Graph::from_model(model)?;
     check_versions(model, &graph)?;
     let nodes_original = graph.nodes().len();
-    for name in [emit::RELEVANCE, emit::RELEVANCE_TARGET_LOGIT, emit::RELEVANCE_BIAS, emit::RELEVANCE_EMBEDDING, emit::RELEVANCE_LAYERS, emit::TARGET_INPUT] {
+    for name in [
+        emit::RELEVANCE,
+        emit::RELEVANCE_TARGET_LOGIT,
+        emit::RELEVANCE_BIAS,
+        emit::RELEVANCE_EMBEDDING,
+        emit::RELEVANCE_LAYERS,
+        emit::TARGET_INPUT,
+    ] {
         if graph.producer(name).is_some() || graph.proto.input.iter().any(|i| i.name() == name) {
-            return Err(Error::Unsupported(format!("the model already has a value named '{name}' (compiled twice?)")));
+            return Err(Error::Unsupported(format!(
+                "the model already has a value named '{name}' (compiled twice?)"
+            )));
         }
     }
     let (embeddings, matches) = find_matches(&graph)?;
@@ -85,7 +102,10 @@ pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
                 .into(),
         ));
     }
-    let mut modifiers = Modifiers { prove_linear: options.rules.is_complete(), ..Default::default() };
+    let mut modifiers = Modifiers {
+        prove_linear: options.rules.is_complete(),
+        ..Default::default()
+    };
     for site in matches.enabled(&options.rules) {
         match &site.effect {
             Effect::StopGradient(edges) => modifiers.stop_edges.extend(edges.iter().copied()),
@@ -97,9 +117,12 @@ pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
 
     let explained = emit::explain_target(&mut graph, options.target)?;
     let mut grads = autodiff::differentiate(&mut graph, &embeddings, &explained.seeds, &modifiers)?;
-    let embedding_grad = grads
-        .cotangent(&mut graph, &embeddings)?
-        .ok_or_else(|| Error::Unsupported(format!("output '{}' does not depend on the embeddings '{embeddings}'", explained.logits_output)))?;
+    let embedding_grad = grads.cotangent(&mut graph, &embeddings)?.ok_or_else(|| {
+        Error::Unsupported(format!(
+            "output '{}' does not depend on the embeddings '{embeddings}'",
+            explained.logits_output
+        ))
+    })?;
 
     let shape = graph.shape(&embeddings)?.to_vec();
     let (batch, seq) = (shape[0], shape[1]);
@@ -115,15 +138,25 @@ pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
     };
     let mut outputs = vec![
         (relevance, emit::RELEVANCE, vec![batch, seq]),
-        (explained.logit.clone(), emit::RELEVANCE_TARGET_LOGIT, vec![batch]),
+        (
+            explained.logit.clone(),
+            emit::RELEVANCE_TARGET_LOGIT,
+            vec![batch],
+        ),
         (bias, emit::RELEVANCE_BIAS, vec![batch]),
     ];
     if options.emit_embedding {
-        outputs.push((relevance_embedding, emit::RELEVANCE_EMBEDDING, shape.clone()));
+        outputs.push((
+            relevance_embedding,
+            emit::RELEVANCE_EMBEDDING,
+            shape.clone(),
+        ));
     }
     if options.emit_layers {
         if matches.norm_inputs.is_empty() {
-            return Err(Error::Unsupported("--emit layers needs the blocks' RMSNorms, and none was found".into()));
+            return Err(Error::Unsupported(
+                "--emit layers needs the blocks' RMSNorms, and none was found".into(),
+            ));
         }
         let mut rows = Vec::new();
         for value in &matches.norm_inputs {
@@ -135,7 +168,11 @@ pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
             rows.push(graph.op_unsqueeze(&tokens, &[0]));
         }
         let stacked = graph.op_concat(&rows, 0);
-        outputs.push((stacked, emit::RELEVANCE_LAYERS, vec![rows.len(), batch, seq]));
+        outputs.push((
+            stacked,
+            emit::RELEVANCE_LAYERS,
+            vec![rows.len(), batch, seq],
+        ));
     }
     for (value, name, shape) in &outputs {
         emit::add_output(&mut graph, value, name, shape);
@@ -154,7 +191,11 @@ pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
         target: options.target,
         site_counts,
         sites,
-        rejected_candidates: matches.rejections.iter().map(|r| format!("{} '{}': {}", r.rule.name(), r.node, r.reason)).collect(),
+        rejected_candidates: matches
+            .rejections
+            .iter()
+            .map(|r| format!("{} '{}': {}", r.rule.name(), r.node, r.reason))
+            .collect(),
         blocks: matches.norm_inputs.len().saturating_sub(1),
         nodes_original,
         nodes_compiled: graph.nodes().len(),
@@ -169,15 +210,37 @@ pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
         &[
             ("mambalrp.version", report.tool_version.clone()),
             ("mambalrp.rules", report.rules.clone()),
-            ("mambalrp.target", format!("{}, last position", serde_json::to_string(&report.target).unwrap_or_default().trim_matches('"'))),
+            (
+                "mambalrp.target",
+                format!(
+                    "{}, last position",
+                    serde_json::to_string(&report.target)
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                ),
+            ),
             ("mambalrp.sites", report.sites.join("\n")),
-            ("mambalrp.site_counts", serde_json::to_string(&report.site_counts).unwrap_or_default()),
+            (
+                "mambalrp.site_counts",
+                serde_json::to_string(&report.site_counts).unwrap_or_default(),
+            ),
         ],
     );
-    Ok(Compiled { model: compiled, report })
+    Ok(Compiled {
+        model: compiled,
+        report,
+    })
 }
 
 fn remove_unused_constants(graph: &mut Graph) {
-    let used: std::collections::HashSet<String> = graph.proto.node.iter().flat_map(|n| n.input.iter().cloned()).collect();
-    graph.proto.initializer.retain(|t| !t.name().starts_with("mambalrp/") || used.contains(t.name()));
+    let used: std::collections::HashSet<String> = graph
+        .proto
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    graph
+        .proto
+        .initializer
+        .retain(|t| !t.name().starts_with("mambalrp/") || used.contains(t.name()));
 }

@@ -4,27 +4,51 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not an ONNX model (protobuf decoding failed: {source})")]
-    Decode { path: PathBuf, source: prost::DecodeError },
+    Decode {
+        path: PathBuf,
+        source: prost::DecodeError,
+    },
     #[error("{0}")]
     InvalidModel(String),
     #[error("unsupported model: {0}")]
     Unsupported(String),
     #[error("node '{node}' ({op}): {message}")]
-    Node { node: String, op: String, message: String },
+    Node {
+        node: String,
+        op: String,
+        message: String,
+    },
     #[error("tensor '{tensor}': {message}")]
     Tensor { tensor: String, message: String },
     #[error("relevance path is not linear under the MambaLRP rules: node '{node}' ({op}) {why}")]
-    NotLinear { node: String, op: String, why: String },
+    NotLinear {
+        node: String,
+        op: String,
+        why: String,
+    },
     #[error("no vector-Jacobian rule for op {op} (node '{node}') on the relevance path{detail}")]
-    NoVjp { node: String, op: String, detail: String },
+    NoVjp {
+        node: String,
+        op: String,
+        detail: String,
+    },
     #[error("verification failed: {0}")]
     Verify(String),
     #[error("runtime error in {runtime}: {message}")]
-    Runtime { runtime: &'static str, message: String },
+    Runtime {
+        runtime: &'static str,
+        message: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -39,6 +63,9 @@ impl Error {
     }
 
     pub fn tensor(tensor: &str, message: impl Into<String>) -> Self {
-        Error::Tensor { tensor: tensor.to_string(), message: message.into() }
+        Error::Tensor {
+            tensor: tensor.to_string(),
+            message: message.into(),
+        }
     }
 }

@@ -22,30 +22,56 @@ fn check_mambalrp(fixture: &str, exporter: &str) {
     let outputs = run(&compiled, &inputs);
 
     let logits_change = max_abs_diff(output(&outputs, "logits"), output(&original, "logits"));
-    assert!(logits_change <= LOGITS_TOLERANCE, "{fixture}{exporter}: logits changed by {logits_change}");
+    assert!(
+        logits_change <= LOGITS_TOLERANCE,
+        "{fixture}{exporter}: logits changed by {logits_change}"
+    );
 
     let target_logit = output(&outputs, "relevance_target_logit");
     let err = relative_error(target_logit, &reference.f32("target_logit"));
-    assert!(err <= 1e-5, "{fixture}{exporter}: explained logit differs from PyTorch's by {err}");
+    assert!(
+        err <= 1e-5,
+        "{fixture}{exporter}: explained logit differs from PyTorch's by {err}"
+    );
 
     // The bias reference is zero in zero-bias fixtures, so it is compared relative to the logit.
     let logit_scale = max_abs(&reference.f32("target_logit"));
-    for (ours, theirs) in [("relevance", "mambalrp_relevance"), ("relevance_embedding", "mambalrp_relevance_embedding"), ("relevance_bias", "mambalrp_relevance_bias")] {
+    for (ours, theirs) in [
+        ("relevance", "mambalrp_relevance"),
+        ("relevance_embedding", "mambalrp_relevance_embedding"),
+        ("relevance_bias", "mambalrp_relevance_bias"),
+    ] {
         let expected = reference.f32(theirs);
-        let scale = if ours == "relevance_bias" { logit_scale } else { max_abs(&expected) };
+        let scale = if ours == "relevance_bias" {
+            logit_scale
+        } else {
+            max_abs(&expected)
+        };
         let err = max_abs_diff(output(&outputs, ours), &expected) / scale;
         println!("{fixture}{exporter} mambalrp {ours}: relative error {err:.2e}");
-        assert!(err <= RELEVANCE_TOLERANCE, "{fixture}{exporter}: {ours} off by {err:.2e} relative to max |R|");
+        assert!(
+            err <= RELEVANCE_TOLERANCE,
+            "{fixture}{exporter}: {ours} off by {err:.2e} relative to max |R|"
+        );
     }
 
     for sample in conservation(&outputs).unwrap() {
-        println!("{fixture}{exporter} sample {}: residual {:.2e}", sample.sample, sample.relative_residual);
-        assert!(sample.relative_residual <= CONSERVATION_TOLERANCE, "{fixture}{exporter}: not conserved: {sample:?}");
+        println!(
+            "{fixture}{exporter} sample {}: residual {:.2e}",
+            sample.sample, sample.relative_residual
+        );
+        assert!(
+            sample.relative_residual <= CONSERVATION_TOLERANCE,
+            "{fixture}{exporter}: not conserved: {sample:?}"
+        );
     }
 
     if zero_bias(fixture) {
         let bias = output(&outputs, "relevance_bias");
-        assert!(max_abs(bias) == 0.0, "{fixture}{exporter}: zero-bias model absorbed {bias:?}");
+        assert!(
+            max_abs(bias) == 0.0,
+            "{fixture}{exporter}: zero-bias model absorbed {bias:?}"
+        );
         let layers = output(&outputs, "relevance_layers");
         let blocks = if fixture == "small_untied" { 3 } else { 2 };
         assert_eq!(layers.shape(), &[blocks + 1, 2, 8]);
@@ -53,11 +79,17 @@ fn check_mambalrp(fixture: &str, exporter: &str) {
             for (b, row) in rows.outer_iter().enumerate() {
                 let sum: f32 = row.sum();
                 let f = target_logit[b];
-                assert!((sum - f).abs() <= CONSERVATION_TOLERANCE * f.abs(), "{fixture}{exporter}: layer {layer} sample {b} sums to {sum}, logit {f}");
+                assert!(
+                    (sum - f).abs() <= CONSERVATION_TOLERANCE * f.abs(),
+                    "{fixture}{exporter}: layer {layer} sample {b} sums to {sum}, logit {f}"
+                );
             }
         }
         let first = layers.index_axis(ndarray::Axis(0), 0).to_owned().into_dyn();
-        assert!(max_abs_diff(&first, output(&outputs, "relevance")) <= 1e-6 * max_abs(&first), "layer 0 is the embedding relevance");
+        assert!(
+            max_abs_diff(&first, output(&outputs, "relevance")) <= 1e-6 * max_abs(&first),
+            "layer 0 is the embedding relevance"
+        );
     }
 }
 
@@ -65,10 +97,16 @@ fn check_gradient_times_input(fixture: &str, exporter: &str) {
     let model = load(fixture, exporter);
     let reference = Reference::load(fixture);
     let outputs = run(&compile_with(&model, "gi", true), &reference.inputs());
-    for (ours, theirs) in [("relevance", "gi_relevance"), ("relevance_embedding", "gi_relevance_embedding")] {
+    for (ours, theirs) in [
+        ("relevance", "gi_relevance"),
+        ("relevance_embedding", "gi_relevance_embedding"),
+    ] {
         let err = relative_error(output(&outputs, ours), &reference.f32(theirs));
         println!("{fixture}{exporter} gi {ours}: relative error {err:.2e}");
-        assert!(err <= RELEVANCE_TOLERANCE, "{fixture}{exporter}: gi {ours} off by {err:.2e}");
+        assert!(
+            err <= RELEVANCE_TOLERANCE,
+            "{fixture}{exporter}: gi {ours} off by {err:.2e}"
+        );
     }
 }
 

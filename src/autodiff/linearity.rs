@@ -7,20 +7,51 @@ use crate::error::{Error, Result};
 use crate::ir::Graph;
 
 const LINEAR_OPS: &[&str] = &[
-    "Add", "Sub", "Neg", "Sum", "Slice", "Split", "Concat", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Flatten",
-    "Transpose", "Expand", "Cast", "Identity", "ReduceSum", "ReduceMean", "Where", "Pad",
+    "Add",
+    "Sub",
+    "Neg",
+    "Sum",
+    "Slice",
+    "Split",
+    "Concat",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Expand",
+    "Cast",
+    "Identity",
+    "ReduceSum",
+    "ReduceMean",
+    "Where",
+    "Pad",
 ];
 
-pub fn check(graph: &Graph, index: usize, carrying: &HashSet<String>, modifiers: &Modifiers) -> Result<()> {
+pub fn check(
+    graph: &Graph,
+    index: usize,
+    carrying: &HashSet<String>,
+    modifiers: &Modifiers,
+) -> Result<()> {
     let node = graph.node(index);
     let carried: Vec<&str> = node
         .input
         .iter()
         .enumerate()
-        .filter(|(slot, name)| carrying.contains(*name) && !modifiers.stop_edges.contains(&(index, *slot)))
+        .filter(|(slot, name)| {
+            carrying.contains(*name) && !modifiers.stop_edges.contains(&(index, *slot))
+        })
         .map(|(_, name)| name.as_str())
         .collect();
-    let fail = |why: String| Err(Error::NotLinear { node: node.name().to_string(), op: node.op_type().to_string(), why });
+    let fail = |why: String| {
+        Err(Error::NotLinear {
+            node: node.name().to_string(),
+            op: node.op_type().to_string(),
+            why,
+        })
+    };
     match node.op_type() {
         op if LINEAR_OPS.contains(&op) => Ok(()),
         "Mul" if carried.len() == 2 && modifiers.half_nodes.contains(&index) => Ok(()),

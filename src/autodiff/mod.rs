@@ -28,7 +28,11 @@ pub struct Modifiers {
 pub(crate) enum Contribution {
     Full(String),
     /// The gradient of the slice `value[.., index, ..]` (axis `axis`), from a scalar-index Gather.
-    Piece { axis: usize, index: usize, value: String },
+    Piece {
+        axis: usize,
+        index: usize,
+        value: String,
+    },
 }
 
 pub struct Gradients {
@@ -40,7 +44,12 @@ pub struct Gradients {
 }
 
 /// Emits the backward pass for `seeds` (value, cotangent) down to `source`.
-pub fn differentiate(graph: &mut Graph, source: &str, seeds: &[(String, String)], modifiers: &Modifiers) -> Result<Gradients> {
+pub fn differentiate(
+    graph: &mut Graph,
+    source: &str,
+    seeds: &[(String, String)],
+    modifiers: &Modifiers,
+) -> Result<Gradients> {
     let carrying = path::carrying_values(graph, source, &modifiers.stop_edges)?;
     let seed_names: Vec<String> = seeds.iter().map(|(v, _)| v.clone()).collect();
     let path_nodes = path::path_nodes(graph, &carrying, &seed_names, &modifiers.stop_edges)?;
@@ -49,15 +58,27 @@ pub fn differentiate(graph: &mut Graph, source: &str, seeds: &[(String, String)]
             linearity::check(graph, index, &carrying, modifiers)?;
         }
     }
-    let mut grads = Gradients { cotangents: HashMap::new(), pending: HashMap::new(), bias_terms: vec![], path_nodes: path_nodes.len() };
+    let mut grads = Gradients {
+        cotangents: HashMap::new(),
+        pending: HashMap::new(),
+        bias_terms: vec![],
+        path_nodes: path_nodes.len(),
+    };
     for (value, cotangent) in seeds {
-        grads.pending.entry(value.clone()).or_default().push(Contribution::Full(cotangent.clone()));
+        grads
+            .pending
+            .entry(value.clone())
+            .or_default()
+            .push(Contribution::Full(cotangent.clone()));
     }
     let batch = graph.shape(source)?.first().copied().unwrap_or(1);
     for &index in path_nodes.iter().rev() {
         let node = graph.node(index).clone();
-        let out_grads: Vec<Option<String>> =
-            node.output.iter().map(|o| grads.cotangent(graph, o)).collect::<Result<_>>()?;
+        let out_grads: Vec<Option<String>> = node
+            .output
+            .iter()
+            .map(|o| grads.cotangent(graph, o))
+            .collect::<Result<_>>()?;
         if out_grads.iter().all(Option::is_none) {
             continue;
         }
@@ -65,12 +86,24 @@ pub fn differentiate(graph: &mut Graph, source: &str, seeds: &[(String, String)]
             .input
             .iter()
             .enumerate()
-            .map(|(slot, name)| carrying.contains(name) && !modifiers.stop_edges.contains(&(index, slot)))
+            .map(|(slot, name)| {
+                carrying.contains(name) && !modifiers.stop_edges.contains(&(index, slot))
+            })
             .collect();
-        let step = vjp::Step { node: &node, carries: &carries, out_grads: &out_grads, half: modifiers.half_nodes.contains(&index), batch };
+        let step = vjp::Step {
+            node: &node,
+            carries: &carries,
+            out_grads: &out_grads,
+            half: modifiers.half_nodes.contains(&index),
+            batch,
+        };
         let (contributions, bias) = vjp::backward(graph, &step)?;
         for (slot, contribution) in contributions {
-            grads.pending.entry(node.input[slot].clone()).or_default().push(contribution);
+            grads
+                .pending
+                .entry(node.input[slot].clone())
+                .or_default()
+                .push(contribution);
         }
         grads.bias_terms.extend(bias);
     }
@@ -84,13 +117,20 @@ impl Gradients {
         if let Some(done) = self.cotangents.get(value) {
             return Ok(Some(done.clone()));
         }
-        let Some(parts) = self.pending.remove(value) else { return Ok(None) };
+        let Some(parts) = self.pending.remove(value) else {
+            return Ok(None);
+        };
         let mut full = Vec::new();
         let mut pieces: BTreeMap<usize, BTreeMap<usize, Vec<String>>> = BTreeMap::new();
         for part in parts {
             match part {
                 Contribution::Full(v) => full.push(v),
-                Contribution::Piece { axis, index, value } => pieces.entry(axis).or_default().entry(index).or_default().push(value),
+                Contribution::Piece { axis, index, value } => pieces
+                    .entry(axis)
+                    .or_default()
+                    .entry(index)
+                    .or_default()
+                    .push(value),
             }
         }
         let shape = graph.shape(value)?.to_vec();
@@ -105,8 +145,15 @@ impl Gradients {
 
 /// Stacks per-index slice gradients back into a gradient of the whole value, filling the indices
 /// nobody read with zeros: one Concat instead of one padded tensor per time step.
-fn assemble_pieces(graph: &mut Graph, shape: &[usize], axis: usize, by_index: BTreeMap<usize, Vec<String>>) -> Result<String> {
-    let dim = *shape.get(axis).ok_or_else(|| Error::InvalidModel(format!("axis {axis} beyond rank {}", shape.len())))?;
+fn assemble_pieces(
+    graph: &mut Graph,
+    shape: &[usize],
+    axis: usize,
+    by_index: BTreeMap<usize, Vec<String>>,
+) -> Result<String> {
+    let dim = *shape
+        .get(axis)
+        .ok_or_else(|| Error::InvalidModel(format!("axis {axis} beyond rank {}", shape.len())))?;
     let mut parts = Vec::new();
     let mut next = 0;
     let zero_run = |graph: &mut Graph, len: usize| {
@@ -116,7 +163,9 @@ fn assemble_pieces(graph: &mut Graph, shape: &[usize], axis: usize, by_index: BT
     };
     for (index, values) in by_index {
         if index >= dim {
-            return Err(Error::InvalidModel(format!("gather index {index} beyond dimension {dim}")));
+            return Err(Error::InvalidModel(format!(
+                "gather index {index} beyond dimension {dim}"
+            )));
         }
         if index > next {
             parts.push(zero_run(graph, index - next));

@@ -9,15 +9,25 @@ const FLOAT_TYPES: [i32; 4] = [1, 10, 11, 16];
 /// Float values carry relevance; a value of unknown type is assumed to, so that a gap in type
 /// inference surfaces as an error naming it rather than as a silently empty path.
 fn is_float(graph: &Graph, value: &str) -> bool {
-    graph.value_type(value).map_or(true, |t| FLOAT_TYPES.contains(&t.dtype))
+    graph
+        .value_type(value)
+        .map_or(true, |t| FLOAT_TYPES.contains(&t.dtype))
 }
 
 /// Values computed from `source` along edges that are not stopped.
-pub fn carrying_values(graph: &Graph, source: &str, stops: &HashSet<(usize, usize)>) -> Result<HashSet<String>> {
+pub fn carrying_values(
+    graph: &Graph,
+    source: &str,
+    stops: &HashSet<(usize, usize)>,
+) -> Result<HashSet<String>> {
     let mut carrying = HashSet::from([source.to_string()]);
     for index in topo::order(graph)? {
         let node = graph.node(index);
-        let fed = node.input.iter().enumerate().any(|(slot, i)| carrying.contains(i) && !stops.contains(&(index, slot)));
+        let fed = node
+            .input
+            .iter()
+            .enumerate()
+            .any(|(slot, i)| carrying.contains(i) && !stops.contains(&(index, slot)));
         if fed {
             carrying.extend(node.output.iter().filter(|o| is_float(graph, o)).cloned());
         }
@@ -32,7 +42,12 @@ pub fn input_dependent(graph: &Graph, source: &str) -> Result<HashSet<String>> {
 
 /// Nodes, in topological order, that lie between the source and the seeds: some output is needed
 /// by a seed and some input carries relevance along an open edge.
-pub fn path_nodes(graph: &Graph, carrying: &HashSet<String>, seeds: &[String], stops: &HashSet<(usize, usize)>) -> Result<Vec<usize>> {
+pub fn path_nodes(
+    graph: &Graph,
+    carrying: &HashSet<String>,
+    seeds: &[String],
+    stops: &HashSet<(usize, usize)>,
+) -> Result<Vec<usize>> {
     let order = topo::order(graph)?;
     let mut needed: HashSet<&str> = seeds.iter().map(String::as_str).collect();
     let mut on_path = Vec::new();

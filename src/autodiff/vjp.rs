@@ -22,13 +22,18 @@ type Contributions = Vec<(usize, Contribution)>;
 
 pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions, Option<String>)> {
     let node = step.node;
-    let no_rule = |detail: &str| Error::NoVjp { node: node.name().to_string(), op: node.op_type().to_string(), detail: detail.to_string() };
+    let no_rule = |detail: &str| Error::NoVjp {
+        node: node.name().to_string(),
+        op: node.op_type().to_string(),
+        detail: detail.to_string(),
+    };
     let g = match step.out_grads.first() {
         Some(Some(g)) => g.clone(),
         _ if node.op_type() == "Split" => String::new(),
         _ => return Ok((vec![], None)),
     };
-    let input_shape = |graph: &Graph, slot: usize| graph.shape(&node.input[slot]).map(<[usize]>::to_vec);
+    let input_shape =
+        |graph: &Graph, slot: usize| graph.shape(&node.input[slot]).map(<[usize]>::to_vec);
     let out_shape = graph.shape(&node.output[0])?.to_vec();
     let full = |slot: usize, v: String| (slot, Contribution::Full(v));
     let mut out: Contributions = Vec::new();
@@ -40,7 +45,10 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
             if source == graph.value_type(&node.output[0])?.dtype {
                 out.push(full(0, g));
             } else {
-                out.push(full(0, graph.add_node("Cast", &[&g], vec![make_int("to", source as i64)])));
+                out.push(full(
+                    0,
+                    graph.add_node("Cast", &[&g], vec![make_int("to", source as i64)]),
+                ));
             }
         }
         "Neg" => out.push(full(0, graph.op_unary("Neg", &g))),
@@ -49,23 +57,39 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
             for slot in 0..node.input.len() {
                 let negative = node.op_type() == "Sub" && slot == 1;
                 if step.carries[slot] {
-                    let gi = if negative { graph.op_unary("Neg", &g) } else { g.clone() };
+                    let gi = if negative {
+                        graph.op_unary("Neg", &g)
+                    } else {
+                        g.clone()
+                    };
                     let shape = input_shape(graph, slot)?;
                     out.push(full(slot, graph.op_unbroadcast(&gi, &out_shape, &shape)));
                 } else {
-                    let term = per_sample_dot(graph, &g, &node.input[slot], &out_shape, step.batch, node)?;
-                    terms.push(if negative { graph.op_unary("Neg", &term) } else { term });
+                    let term =
+                        per_sample_dot(graph, &g, &node.input[slot], &out_shape, step.batch, node)?;
+                    terms.push(if negative {
+                        graph.op_unary("Neg", &term)
+                    } else {
+                        term
+                    });
                 }
             }
             bias = (!terms.is_empty()).then(|| graph.op_sum(&terms));
         }
         "Mul" => {
-            let g = if step.half { graph.op_scale(&g, 0.5) } else { g };
+            let g = if step.half {
+                graph.op_scale(&g, 0.5)
+            } else {
+                g
+            };
             for slot in 0..2 {
                 if step.carries[slot] {
                     let product = graph.op_binary("Mul", &g, &node.input[1 - slot]);
                     let shape = input_shape(graph, slot)?;
-                    out.push(full(slot, graph.op_unbroadcast(&product, &out_shape, &shape)));
+                    out.push(full(
+                        slot,
+                        graph.op_unbroadcast(&product, &out_shape, &shape),
+                    ));
                 }
             }
         }
@@ -108,24 +132,46 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
             let ta = attributes::int(node, "transA").unwrap_or(0);
             let tb = attributes::int(node, "transB").unwrap_or(0);
             let gemm = |graph: &mut Graph, x: &str, y: &str, t1: i64, t2: i64| {
-                graph.add_node("Gemm", &[x, y], vec![make_int("transA", t1), make_int("transB", t2), alpha_attr(alpha)])
+                graph.add_node(
+                    "Gemm",
+                    &[x, y],
+                    vec![
+                        make_int("transA", t1),
+                        make_int("transB", t2),
+                        alpha_attr(alpha),
+                    ],
+                )
             };
             let (a, b) = (node.input[0].clone(), node.input[1].clone());
             if step.carries[0] {
-                let ga = if ta == 0 { gemm(graph, &g, &b, 0, 1 - tb) } else { gemm(graph, &b, &g, tb, 1) };
+                let ga = if ta == 0 {
+                    gemm(graph, &g, &b, 0, 1 - tb)
+                } else {
+                    gemm(graph, &b, &g, tb, 1)
+                };
                 out.push(full(0, ga));
             }
             if step.carries[1] {
-                let gb = if tb == 0 { gemm(graph, &a, &g, 1 - ta, 0) } else { gemm(graph, &g, &a, 1, ta) };
+                let gb = if tb == 0 {
+                    gemm(graph, &a, &g, 1 - ta, 0)
+                } else {
+                    gemm(graph, &g, &a, 1, ta)
+                };
                 out.push(full(1, gb));
             }
             if let Some(c) = node.input.get(2).filter(|c| !c.is_empty()) {
-                let scaled = if beta == 1.0 { g.clone() } else { graph.op_scale(&g, beta) };
+                let scaled = if beta == 1.0 {
+                    g.clone()
+                } else {
+                    graph.op_scale(&g, beta)
+                };
                 if step.carries[2] {
                     let shape = input_shape(graph, 2)?;
                     out.push(full(2, graph.op_unbroadcast(&scaled, &out_shape, &shape)));
                 } else {
-                    bias = Some(per_sample_dot(graph, &scaled, c, &out_shape, step.batch, node)?);
+                    bias = Some(per_sample_dot(
+                        graph, &scaled, c, &out_shape, step.batch, node,
+                    )?);
                 }
             }
         }
@@ -134,13 +180,18 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                 return Err(no_rule(" (relevance through Conv weights)"));
             }
             if step.carries[0] {
-                out.push(full(0, conv_input_gradient(graph, node, &g, &input_shape(graph, 0)?, &out_shape)?));
+                out.push(full(
+                    0,
+                    conv_input_gradient(graph, node, &g, &input_shape(graph, 0)?, &out_shape)?,
+                ));
             }
             if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
                 let mut bshape = vec![1; out_shape.len()];
                 bshape[1] = out_shape[1];
                 let b4 = graph.op_reshape(b, &bshape);
-                bias = Some(per_sample_dot(graph, &g, &b4, &out_shape, step.batch, node)?);
+                bias = Some(per_sample_dot(
+                    graph, &g, &b4, &out_shape, step.batch, node,
+                )?);
             }
         }
         "Unsqueeze" | "Squeeze" | "Reshape" | "Flatten" => {
@@ -194,7 +245,11 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
         }
         "Split" => {
             let shape = input_shape(graph, 0)?;
-            let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), shape.len(), node)?;
+            let axis = normalize_axis(
+                attributes::int(node, "axis").unwrap_or(0),
+                shape.len(),
+                node,
+            )?;
             let sizes = split_sizes(graph, node, shape[axis])?;
             let mut parts = Vec::new();
             for (i, &size) in sizes.iter().enumerate() {
@@ -210,7 +265,11 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
             out.push(full(0, graph.op_concat(&parts, axis)));
         }
         "Concat" => {
-            let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), out_shape.len(), node)?;
+            let axis = normalize_axis(
+                attributes::int(node, "axis").unwrap_or(0),
+                out_shape.len(),
+                node,
+            )?;
             let mut offset = 0;
             for slot in 0..node.input.len() {
                 let len = input_shape(graph, slot)?[axis];
@@ -222,23 +281,51 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
         }
         "Gather" => {
             let shape = input_shape(graph, 0)?;
-            let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), shape.len(), node)?;
+            let axis = normalize_axis(
+                attributes::int(node, "axis").unwrap_or(0),
+                shape.len(),
+                node,
+            )?;
             let indices = graph
                 .constant(&node.input[1])
                 .ok_or_else(|| no_rule(" (Gather on the relevance path needs constant indices)"))?
                 .clone();
             let dim = shape[axis] as i64;
-            let normalize = |i: i64| if (-dim..dim).contains(&i) { Ok(i.rem_euclid(dim) as usize) } else { Err(no_rule(" (index out of range)")) };
+            let normalize = |i: i64| {
+                if (-dim..dim).contains(&i) {
+                    Ok(i.rem_euclid(dim) as usize)
+                } else {
+                    Err(no_rule(" (index out of range)"))
+                }
+            };
             match indices.shape() {
                 [] => {
                     let index = normalize(indices.to_i64_vec()[0])?;
-                    out.push((0, Contribution::Piece { axis, index, value: g }));
+                    out.push((
+                        0,
+                        Contribution::Piece {
+                            axis,
+                            index,
+                            value: g,
+                        },
+                    ));
                 }
                 [_] => {
                     for (j, &i) in indices.to_i64_vec().iter().enumerate() {
                         let pick = graph.scalar_i64(j as i64);
-                        let piece = graph.add_node("Gather", &[&g, &pick], vec![make_int("axis", axis as i64)]);
-                        out.push((0, Contribution::Piece { axis, index: normalize(i)?, value: piece }));
+                        let piece = graph.add_node(
+                            "Gather",
+                            &[&g, &pick],
+                            vec![make_int("axis", axis as i64)],
+                        );
+                        out.push((
+                            0,
+                            Contribution::Piece {
+                                axis,
+                                index: normalize(i)?,
+                                value: piece,
+                            },
+                        ));
                     }
                 }
                 _ => return Err(no_rule(" (Gather with multi-dimensional indices)")),
@@ -254,7 +341,10 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                         graph.add_node("Where", &[&node.input[0], &zero, &g], vec![])
                     };
                     let shape = input_shape(graph, slot)?;
-                    out.push(full(slot, graph.op_unbroadcast(&picked, &out_shape, &shape)));
+                    out.push(full(
+                        slot,
+                        graph.op_unbroadcast(&picked, &out_shape, &shape),
+                    ));
                 }
             }
         }
@@ -318,7 +408,14 @@ fn alpha_attr(alpha: f32) -> crate::onnx::proto::AttributeProto {
 
 /// `sum(term * g)` per sample: the relevance a constant additive term absorbs. Axis 0 must be
 /// the batch.
-fn per_sample_dot(graph: &mut Graph, g: &str, term: &str, shape: &[usize], batch: usize, node: &NodeProto) -> Result<String> {
+fn per_sample_dot(
+    graph: &mut Graph,
+    g: &str,
+    term: &str,
+    shape: &[usize],
+    batch: usize,
+    node: &NodeProto,
+) -> Result<String> {
     if shape.first() != Some(&batch) {
         return Err(Error::node(node, format!("cannot attribute bias relevance per sample: output shape {shape:?} does not start with the batch size {batch}")));
     }
@@ -331,7 +428,13 @@ fn per_sample_dot(graph: &mut Graph, g: &str, term: &str, shape: &[usize], batch
 }
 
 /// Cotangent of a Conv input: the transposed convolution with the same weights.
-fn conv_input_gradient(graph: &mut Graph, node: &NodeProto, g: &str, x_shape: &[usize], y_shape: &[usize]) -> Result<String> {
+fn conv_input_gradient(
+    graph: &mut Graph,
+    node: &NodeProto,
+    g: &str,
+    x_shape: &[usize],
+    y_shape: &[usize],
+) -> Result<String> {
     let spatial = x_shape.len() - 2;
     let w_shape = graph.shape(&node.input[1])?.to_vec();
     let pads = attributes::ints(node, "pads").unwrap_or_else(|| vec![0; 2 * spatial]);
@@ -340,14 +443,19 @@ fn conv_input_gradient(graph: &mut Graph, node: &NodeProto, g: &str, x_shape: &[
     let group = attributes::int(node, "group").unwrap_or(1);
     let output_padding: Vec<i64> = (0..spatial)
         .map(|i| {
-            let produced = (y_shape[2 + i] as i64 - 1) * strides[i] + dilations[i] * (w_shape[2 + i] as i64 - 1) + 1
+            let produced = (y_shape[2 + i] as i64 - 1) * strides[i]
+                + dilations[i] * (w_shape[2 + i] as i64 - 1)
+                + 1
                 - pads[i]
                 - pads[i + spatial];
             x_shape[2 + i] as i64 - produced
         })
         .collect();
     if output_padding.iter().any(|&p| p < 0) {
-        return Err(Error::node(node, "cannot invert this Conv's shape arithmetic"));
+        return Err(Error::node(
+            node,
+            "cannot invert this Conv's shape arithmetic",
+        ));
     }
     let kernel: Vec<i64> = w_shape[2..].iter().map(|&k| k as i64).collect();
     let mut attrs = vec![

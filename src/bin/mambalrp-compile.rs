@@ -11,7 +11,11 @@ use mambalrp::verify::{self, VerifyReport};
 use mambalrp::{compile, onnx, CompileReport, Options};
 
 #[derive(Parser, Debug)]
-#[command(name = "mambalrp-compile", version, about = "Compile a Mamba ONNX model into one that also outputs MambaLRP relevances")]
+#[command(
+    name = "mambalrp-compile",
+    version,
+    about = "Compile a Mamba ONNX model into one that also outputs MambaLRP relevances"
+)]
 struct Cli {
     /// The exported Mamba model (.onnx).
     model: PathBuf,
@@ -72,7 +76,10 @@ enum Outcome {
 
 fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     if same_file(&cli.model, &cli.output) {
-        bail!("refusing to overwrite the input model {} with the output", cli.model.display());
+        bail!(
+            "refusing to overwrite the input model {} with the output",
+            cli.model.display()
+        );
     }
     let model = onnx::load_model(&cli.model)?;
     let options = Options {
@@ -84,13 +91,20 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         emit_embedding: cli.emit.contains(&Emit::Embedding),
         emit_layers: cli.emit.contains(&Emit::Layers),
     };
-    let compiled = compile(&model, &options).with_context(|| format!("cannot compile {}", cli.model.display()))?;
+    let compiled = compile(&model, &options)
+        .with_context(|| format!("cannot compile {}", cli.model.display()))?;
     let report = &compiled.report;
     if cli.explain_matches {
         println!("rule sites ({}):", report.sites.len());
         report.sites.iter().for_each(|s| println!("  + {s}"));
-        println!("rejected candidates ({}):", report.rejected_candidates.len());
-        report.rejected_candidates.iter().for_each(|s| println!("  - {s}"));
+        println!(
+            "rejected candidates ({}):",
+            report.rejected_candidates.len()
+        );
+        report
+            .rejected_candidates
+            .iter()
+            .for_each(|s| println!("  - {s}"));
     }
 
     let verification = if cli.no_verify {
@@ -101,10 +115,20 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             Some(path) => verify::load_npz(path)?,
             None => verify::generated_inputs(&graph)?,
         };
-        Some(verify::verify(&model, &compiled.model, &inputs).context("verification could not run")?)
+        Some(
+            verify::verify(&model, &compiled.model, &inputs)
+                .context("verification could not run")?,
+        )
     };
-    let conserved = verification.as_ref().filter(|_| options.rules.is_complete()).map(|v| v.max_relative_residual <= cli.tolerance);
-    let unchanged = verification.as_ref().is_none_or(|v| v.original_outputs_max_abs_diff.iter().all(|(_, d)| *d <= 1e-5));
+    let conserved = verification
+        .as_ref()
+        .filter(|_| options.rules.is_complete())
+        .map(|v| v.max_relative_residual <= cli.tolerance);
+    let unchanged = verification.as_ref().is_none_or(|v| {
+        v.original_outputs_max_abs_diff
+            .iter()
+            .all(|(_, d)| *d <= 1e-5)
+    });
 
     println!(
         "compiled {} -> {} (rules {}, {} nodes -> {}, relevance path {} nodes, sites: {})",
@@ -127,9 +151,18 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             );
         }
         match conserved {
-            Some(true) => println!("  conservation: OK (max residual {:.2e} <= {:.0e})", v.max_relative_residual, cli.tolerance),
-            Some(false) => println!("  conservation: FAILED (max residual {:.2e} > {:.0e})", v.max_relative_residual, cli.tolerance),
-            None => println!("  conservation: not checked (rules '{}' do not conserve relevance)", report.rules),
+            Some(true) => println!(
+                "  conservation: OK (max residual {:.2e} <= {:.0e})",
+                v.max_relative_residual, cli.tolerance
+            ),
+            Some(false) => println!(
+                "  conservation: FAILED (max residual {:.2e} > {:.0e})",
+                v.max_relative_residual, cli.tolerance
+            ),
+            None => println!(
+                "  conservation: not checked (rules '{}' do not conserve relevance)",
+                report.rules
+            ),
         }
     }
     let passed = unchanged && conserved != Some(false);
@@ -139,10 +172,20 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         println!("  nothing written: verification failed");
     }
     if let Some(path) = &cli.report {
-        let json = serde_json::to_vec_pretty(&Report { model: &cli.model, output: &cli.output, compile: report, verification: verification.as_ref(), conserved })?;
+        let json = serde_json::to_vec_pretty(&Report {
+            model: &cli.model,
+            output: &cli.output,
+            compile: report,
+            verification: verification.as_ref(),
+            conserved,
+        })?;
         onnx::io::write_atomically(path, &json)?;
     }
-    Ok(if passed { Outcome::Ok } else { Outcome::VerificationFailed })
+    Ok(if passed {
+        Outcome::Ok
+    } else {
+        Outcome::VerificationFailed
+    })
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

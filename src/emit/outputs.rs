@@ -12,11 +12,23 @@ pub const RELEVANCE_EMBEDDING: &str = "relevance_embedding";
 pub const RELEVANCE_LAYERS: &str = "relevance_layers";
 
 pub fn value_info(name: &str, elem_type: i32, shape: &[usize]) -> ValueInfoProto {
-    let dim = shape.iter().map(|&d| Dimension { value: Some(dimension::Value::DimValue(d as i64)), ..Default::default() }).collect();
-    let tensor = type_proto::Tensor { elem_type: Some(elem_type), shape: Some(TensorShapeProto { dim }) };
+    let dim = shape
+        .iter()
+        .map(|&d| Dimension {
+            value: Some(dimension::Value::DimValue(d as i64)),
+            ..Default::default()
+        })
+        .collect();
+    let tensor = type_proto::Tensor {
+        elem_type: Some(elem_type),
+        shape: Some(TensorShapeProto { dim }),
+    };
     ValueInfoProto {
         name: Some(name.to_string()),
-        r#type: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(tensor)),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -38,6 +50,9 @@ pub fn add_output(graph: &mut Graph, value: &str, name: &str, shape: &[usize]) {
 pub fn add_metadata(model: &mut ModelProto, entries: &[(&str, String)]) {
     for (key, value) in entries {
         model.metadata_props.retain(|p| p.key() != *key);
-        model.metadata_props.push(StringStringEntryProto { key: Some(key.to_string()), value: Some(value.clone()) });
+        model.metadata_props.push(StringStringEntryProto {
+            key: Some(key.to_string()),
+            value: Some(value.clone()),
+        });
     }
 }

@@ -6,16 +6,27 @@ use crate::ir::Graph;
 /// looks integer token ids up in a `[vocab, hidden]` table.
 pub fn find_embeddings(graph: &Graph) -> Result<String> {
     for input in graph.graph_input_names() {
-        if graph.value_type(&input).is_ok_and(|t| t.dtype == 1 && t.rank() == 3) {
+        if graph
+            .value_type(&input)
+            .is_ok_and(|t| t.dtype == 1 && t.rank() == 3)
+        {
             return Ok(input);
         }
     }
     let inputs = graph.graph_input_names();
-    for node in graph.nodes().iter().filter(|n| n.op_type() == "Gather" && n.input.len() == 2) {
+    for node in graph
+        .nodes()
+        .iter()
+        .filter(|n| n.op_type() == "Gather" && n.input.len() == 2)
+    {
         let table = graph.value_type(&node.input[0]);
         let ids = graph.value_type(&node.input[1]);
-        let looks_up_tokens = inputs.contains(&node.input[1]) && ids.is_ok_and(|t| matches!(t.dtype, 6 | 7));
-        if graph.is_initializer(&node.input[0]) && table.is_ok_and(|t| t.rank() == 2 && t.dtype == 1) && looks_up_tokens {
+        let looks_up_tokens =
+            inputs.contains(&node.input[1]) && ids.is_ok_and(|t| matches!(t.dtype, 6 | 7));
+        if graph.is_initializer(&node.input[0])
+            && table.is_ok_and(|t| t.rank() == 2 && t.dtype == 1)
+            && looks_up_tokens
+        {
             return Ok(node.output[0].clone());
         }
     }

@@ -27,7 +27,12 @@ pub struct Explained {
 /// `[batch, classes]`) and the seed. For an LM head `MatMul(h, W)` the seed is placed on h as
 /// the target's column of W, instead of multiplying a one-hot by the whole vocabulary matrix.
 pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> {
-    let logits = graph.proto.output.first().map(|o| o.name().to_string()).ok_or_else(|| Error::InvalidModel("graph has no outputs".into()))?;
+    let logits = graph
+        .proto
+        .output
+        .first()
+        .map(|o| o.name().to_string())
+        .ok_or_else(|| Error::InvalidModel("graph has no outputs".into()))?;
     let shape = graph.shape(&logits)?.to_vec();
     let (batch, classes, positions) = match shape[..] {
         [b, s, v] => (b, v, Some(s)),
@@ -42,14 +47,25 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
         None => logits.clone(),
     };
     let target = match mode {
-        TargetMode::Argmax => graph.add_node("ArgMax", &[&last], vec![make_int("axis", 1), make_int("keepdims", 0)]),
+        TargetMode::Argmax => graph.add_node(
+            "ArgMax",
+            &[&last],
+            vec![make_int("axis", 1), make_int("keepdims", 0)],
+        ),
         TargetMode::Input => {
-            graph.proto.input.push(super::outputs::value_info(TARGET_INPUT, 7, &[batch]));
+            graph
+                .proto
+                .input
+                .push(super::outputs::value_info(TARGET_INPUT, 7, &[batch]));
             TARGET_INPUT.to_string()
         }
     };
     let column = graph.op_unsqueeze(&target, &[1]);
-    let picked = graph.add_node("GatherElements", &[&last, &column], vec![make_int("axis", 1)]);
+    let picked = graph.add_node(
+        "GatherElements",
+        &[&last, &column],
+        vec![make_int("axis", 1)],
+    );
     let logit = graph.op_squeeze(&picked, &[1]);
 
     let place = |graph: &mut Graph, per_sample: String| match positions {
@@ -72,19 +88,31 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
         }
         None => {
             let depth = graph.const_i64(&[classes as i64]);
-            let values = graph.add_constant(crate::onnx::Tensor::F32(ndarray::arr1(&[0.0f32, 1.0]).into_dyn()));
-            let one_hot = graph.add_node("OneHot", &[&target, &depth, &values], vec![make_int("axis", -1)]);
+            let values = graph.add_constant(crate::onnx::Tensor::F32(
+                ndarray::arr1(&[0.0f32, 1.0]).into_dyn(),
+            ));
+            let one_hot = graph.add_node(
+                "OneHot",
+                &[&target, &depth, &values],
+                vec![make_int("axis", -1)],
+            );
             vec![(logits.clone(), place(graph, one_hot))]
         }
     };
-    Ok(Explained { logit, seeds, logits_output: logits })
+    Ok(Explained {
+        logit,
+        seeds,
+        logits_output: logits,
+    })
 }
 
 /// `(h, W)` when the logits are `MatMul(h, W)` with a constant `[hidden, vocab]` W, through no-op
 /// Casts.
 fn lm_head(graph: &Graph, logits: &str) -> Option<(String, String)> {
     let root = crate::rules::skip_noops(graph, logits);
-    let (_, node) = graph.producer(root).filter(|(_, n)| n.op_type() == "MatMul")?;
+    let (_, node) = graph
+        .producer(root)
+        .filter(|(_, n)| n.op_type() == "MatMul")?;
     let weight = &node.input[1];
     let rank_ok = graph.value_type(weight).is_ok_and(|t| t.rank() == 2);
     (graph.is_constant(weight) && rank_ok).then(|| (node.input[0].clone(), weight.clone()))

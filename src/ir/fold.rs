@@ -10,22 +10,35 @@ use crate::onnx::tensor::tensor_from_proto;
 use crate::onnx::{attributes, Tensor};
 
 pub fn constant_node_value(node: &NodeProto) -> Result<Tensor> {
-    let attr = node.attribute.first().ok_or_else(|| Error::node(node, "Constant without a value"))?;
+    let attr = node
+        .attribute
+        .first()
+        .ok_or_else(|| Error::node(node, "Constant without a value"))?;
     let scalar_f32 = |v: f32| Tensor::F32(ndarray::arr0(v).into_dyn());
-    let vector = |v: Vec<i64>| Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-D"));
+    let vector =
+        |v: Vec<i64>| Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-D"));
     match attr.name() {
         "value" => {
-            let t = attr.t.as_ref().ok_or_else(|| Error::node(node, "Constant value is not a tensor"))?;
-            tensor_from_proto(t)?.ok_or_else(|| Error::node(node, "Constant of an unsupported data type"))
+            let t = attr
+                .t
+                .as_ref()
+                .ok_or_else(|| Error::node(node, "Constant value is not a tensor"))?;
+            tensor_from_proto(t)?
+                .ok_or_else(|| Error::node(node, "Constant of an unsupported data type"))
         }
         "value_float" => Ok(scalar_f32(attr.f())),
         "value_int" => Ok(Tensor::I64(ndarray::arr0(attr.i()).into_dyn())),
         "value_ints" => Ok(vector(attr.ints.clone())),
         "value_floats" => {
             let v = attr.floats.clone();
-            Ok(Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-D")))
+            Ok(Tensor::F32(
+                ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-D"),
+            ))
         }
-        other => Err(Error::node(node, format!("Constant attribute '{other}' is not supported"))),
+        other => Err(Error::node(
+            node,
+            format!("Constant attribute '{other}' is not supported"),
+        )),
     }
 }
 
@@ -36,14 +49,27 @@ pub(super) fn fold_node(graph: &mut Graph, node: &NodeProto) -> Result<()> {
         "Shape" => match graph.value_type(&node.input[0]) {
             Ok(t) => {
                 let (start, end) = shape_op_range(node, t.rank());
-                let dims: Vec<i64> = t.shape[start..end.max(start)].iter().map(|&d| d as i64).collect();
-                Some(Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[dims.len()]), dims).expect("1-D")))
+                let dims: Vec<i64> = t.shape[start..end.max(start)]
+                    .iter()
+                    .map(|&d| d as i64)
+                    .collect();
+                Some(Tensor::I64(
+                    ArrayD::from_shape_vec(IxDyn(&[dims.len()]), dims).expect("1-D"),
+                ))
             }
             Err(_) => None,
         },
         _ => {
-            let all_known = node.input.iter().filter(|s| !s.is_empty()).all(|s| graph.constant(s).is_some());
-            let integer_output = node.output.first().and_then(|o| graph.value_type(o).ok()).is_some_and(|t| t.dtype == 7);
+            let all_known = node
+                .input
+                .iter()
+                .filter(|s| !s.is_empty())
+                .all(|s| graph.constant(s).is_some());
+            let integer_output = node
+                .output
+                .first()
+                .and_then(|o| graph.value_type(o).ok())
+                .is_some_and(|t| t.dtype == 7);
             if all_known && integer_output {
                 evaluate_integer(graph, node)?
             } else {
@@ -68,7 +94,11 @@ fn ints(graph: &Graph, name: &str) -> Option<ArrayD<i64>> {
 fn binary(a: &ArrayD<i64>, b: &ArrayD<i64>, f: fn(i64, i64) -> Option<i64>) -> Option<ArrayD<i64>> {
     let shape = super::shapes::broadcast(a.shape(), b.shape())?;
     let (a, b) = (a.broadcast(IxDyn(&shape))?, b.broadcast(IxDyn(&shape))?);
-    let values = a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y)).collect::<Option<Vec<_>>>()?;
+    let values = a
+        .iter()
+        .zip(b.iter())
+        .map(|(&x, &y)| f(x, y))
+        .collect::<Option<Vec<_>>>()?;
     ArrayD::from_shape_vec(IxDyn(&shape), values).ok()
 }
 
@@ -93,15 +123,27 @@ fn evaluate_integer(graph: &Graph, node: &NodeProto) -> Result<Option<Tensor>> {
             let t = graph.value_type(&node.output[0])?;
             x.broadcast(IxDyn(&t.shape))
                 .map(|v| v.to_owned())
-                .or_else(|| ArrayD::from_shape_vec(IxDyn(&t.shape), x.iter().copied().collect()).ok())
+                .or_else(|| {
+                    ArrayD::from_shape_vec(IxDyn(&t.shape), x.iter().copied().collect()).ok()
+                })
         }
         "Gather" => {
             let Some(idx) = input(1) else { return Ok(None) };
             let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), x.ndim(), node)?;
             let dim = x.shape()[axis] as i64;
-            let picks: Option<Vec<usize>> =
-                idx.iter().map(|&i| if (-dim..dim).contains(&i) { Some(i.rem_euclid(dim) as usize) } else { None }).collect();
-            let Some(picks) = picks else { return Err(Error::node(node, "constant Gather index out of range")) };
+            let picks: Option<Vec<usize>> = idx
+                .iter()
+                .map(|&i| {
+                    if (-dim..dim).contains(&i) {
+                        Some(i.rem_euclid(dim) as usize)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let Some(picks) = picks else {
+                return Err(Error::node(node, "constant Gather index out of range"));
+            };
             let gathered = x.select(Axis(axis), &picks);
             let t = graph.value_type(&node.output[0])?;
             ArrayD::from_shape_vec(IxDyn(&t.shape), gathered.iter().copied().collect()).ok()
@@ -116,7 +158,10 @@ fn evaluate_integer(graph: &Graph, node: &NodeProto) -> Result<Option<Tensor>> {
         "Slice" => {
             let mut view = x.view();
             for (axis, s, e, st) in slice_spec(graph, node, x.shape())? {
-                view.slice_axis_inplace(Axis(axis), ndarray::Slice::new(s as isize, Some(e as isize), st as isize));
+                view.slice_axis_inplace(
+                    Axis(axis),
+                    ndarray::Slice::new(s as isize, Some(e as isize), st as isize),
+                );
             }
             Some(view.to_owned())
         }

@@ -42,13 +42,18 @@ pub struct Graph {
 impl Graph {
     /// Builds the view of `model`'s main graph and infers static types for every value.
     pub fn from_model(model: &ModelProto) -> Result<Graph> {
-        let proto = model.graph.clone().ok_or_else(|| Error::InvalidModel("model holds no graph".into()))?;
+        let proto = model
+            .graph
+            .clone()
+            .ok_or_else(|| Error::InvalidModel("model holds no graph".into()))?;
         let opset = model
             .opset_import
             .iter()
             .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
             .map(|o| o.version())
-            .ok_or_else(|| Error::Unsupported("model imports no default-domain (ai.onnx) opset".into()))?;
+            .ok_or_else(|| {
+                Error::Unsupported("model imports no default-domain (ai.onnx) opset".into())
+            })?;
         let mut graph = Graph {
             proto,
             opset,
@@ -84,10 +89,22 @@ impl Graph {
             }
             if init.dims.iter().all(|&d| d >= 0) {
                 let shape = init.dims.iter().map(|&d| d as usize).collect();
-                self.types.insert(name, ValueType { dtype: init.data_type(), shape });
+                self.types.insert(
+                    name,
+                    ValueType {
+                        dtype: init.data_type(),
+                        shape,
+                    },
+                );
             }
         }
-        for vi in self.proto.input.iter().chain(&self.proto.output).chain(&self.proto.value_info) {
+        for vi in self
+            .proto
+            .input
+            .iter()
+            .chain(&self.proto.output)
+            .chain(&self.proto.value_info)
+        {
             self.used_names.insert(vi.name().to_string());
         }
         for index in 0..self.proto.node.len() {
@@ -101,7 +118,8 @@ impl Graph {
         self.producers.clear();
         self.consumers.clear();
         for index in 0..self.proto.node.len() {
-            self.index_node(index).expect("the graph was valid before the removal");
+            self.index_node(index)
+                .expect("the graph was valid before the removal");
         }
     }
 
@@ -112,14 +130,24 @@ impl Graph {
             if output.is_empty() {
                 continue;
             }
-            if self.producers.insert(output.clone(), (index, slot)).is_some() {
-                return Err(Error::node(node, format!("value '{output}' is produced twice")));
+            if self
+                .producers
+                .insert(output.clone(), (index, slot))
+                .is_some()
+            {
+                return Err(Error::node(
+                    node,
+                    format!("value '{output}' is produced twice"),
+                ));
             }
             self.used_names.insert(output.clone());
         }
         for (slot, input) in node.input.iter().enumerate() {
             if !input.is_empty() {
-                self.consumers.entry(input.clone()).or_default().push((index, slot));
+                self.consumers
+                    .entry(input.clone())
+                    .or_default()
+                    .push((index, slot));
             }
         }
         Ok(())
@@ -134,7 +162,9 @@ impl Graph {
     }
 
     pub fn producer(&self, value: &str) -> Option<(usize, &NodeProto)> {
-        self.producers.get(value).map(|&(i, _)| (i, &self.proto.node[i]))
+        self.producers
+            .get(value)
+            .map(|&(i, _)| (i, &self.proto.node[i]))
     }
 
     pub fn consumers(&self, value: &str) -> &[(usize, usize)] {
@@ -149,7 +179,9 @@ impl Graph {
     pub fn is_constant(&self, value: &str) -> bool {
         self.is_initializer(value)
             || self.constants.contains_key(value)
-            || self.producer(value).is_some_and(|(_, n)| n.op_type() == "Constant")
+            || self
+                .producer(value)
+                .is_some_and(|(_, n)| n.op_type() == "Constant")
     }
 
     /// The value of a small constant, if known.
@@ -163,7 +195,10 @@ impl Graph {
                 Some((_, n)) => format!(" (output of node '{}', {})", n.name(), n.op_type()),
                 None => String::new(),
             };
-            Error::tensor(value, format!("its shape is unknown{from}; only static shapes are supported"))
+            Error::tensor(
+                value,
+                format!("its shape is unknown{from}; only static shapes are supported"),
+            )
         })
     }
 
@@ -172,7 +207,12 @@ impl Graph {
     }
 
     pub fn graph_input_names(&self) -> Vec<String> {
-        self.proto.input.iter().map(|v| v.name().to_string()).filter(|n| !self.is_initializer(n)).collect()
+        self.proto
+            .input
+            .iter()
+            .map(|v| v.name().to_string())
+            .filter(|n| !self.is_initializer(n))
+            .collect()
     }
 
     /// A name not used anywhere in the graph, starting with `mambalrp/`.
@@ -187,9 +227,17 @@ impl Graph {
     }
 
     /// Appends a node and returns the names of its outputs.
-    pub fn add_node_multi(&mut self, op: &str, inputs: &[&str], outputs: usize, attrs: Vec<AttributeProto>) -> Vec<String> {
+    pub fn add_node_multi(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: usize,
+        attrs: Vec<AttributeProto>,
+    ) -> Vec<String> {
         let name = self.fresh_name(op);
-        let outputs: Vec<String> = (0..outputs).map(|_| self.fresh_name(&format!("{op}_out"))).collect();
+        let outputs: Vec<String> = (0..outputs)
+            .map(|_| self.fresh_name(&format!("{op}_out")))
+            .collect();
         let node = NodeProto {
             name: Some(name),
             op_type: Some(op.to_string()),
@@ -229,7 +277,10 @@ impl Graph {
     }
 
     pub fn const_i64(&mut self, values: &[i64]) -> String {
-        self.add_constant(Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[values.len()]), values.to_vec()).expect("1-D")))
+        self.add_constant(Tensor::I64(
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[values.len()]), values.to_vec())
+                .expect("1-D"),
+        ))
     }
 
     pub fn scalar_i64(&mut self, value: i64) -> String {
@@ -242,7 +293,12 @@ impl Graph {
 
     /// Reads an integer attribute, or the matching constant input for opsets that moved the
     /// attribute to an input (axes of Unsqueeze/Squeeze/Reduce*, split of Split).
-    pub fn ints_attr_or_input(&self, node: &NodeProto, attr: &str, input: usize) -> Result<Option<Vec<i64>>> {
+    pub fn ints_attr_or_input(
+        &self,
+        node: &NodeProto,
+        attr: &str,
+        input: usize,
+    ) -> Result<Option<Vec<i64>>> {
         if let Some(values) = attributes::ints(node, attr) {
             return Ok(Some(values));
         }
@@ -250,7 +306,10 @@ impl Graph {
             None => Ok(None),
             Some(name) => match self.constant(name) {
                 Some(t) => Ok(Some(t.to_i64_vec())),
-                None => Err(Error::node(node, format!("input '{name}' ({attr}) must be a compile-time constant"))),
+                None => Err(Error::node(
+                    node,
+                    format!("input '{name}' ({attr}) must be a compile-time constant"),
+                )),
             },
         }
     }

@@ -47,7 +47,11 @@ impl Graph {
 
     pub fn op_reduce_sum(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
         let a = self.const_i64(axes);
-        self.add_node("ReduceSum", &[x, &a], vec![make_int("keepdims", keepdims as i64)])
+        self.add_node(
+            "ReduceSum",
+            &[x, &a],
+            vec![make_int("keepdims", keepdims as i64)],
+        )
     }
 
     pub fn op_unsqueeze(&mut self, x: &str, axes: &[i64]) -> String {
@@ -79,7 +83,11 @@ impl Graph {
     }
 
     pub fn op_slice(&mut self, x: &str, axis: usize, start: usize, end: usize) -> String {
-        let (s, e, a) = (self.const_i64(&[start as i64]), self.const_i64(&[end as i64]), self.const_i64(&[axis as i64]));
+        let (s, e, a) = (
+            self.const_i64(&[start as i64]),
+            self.const_i64(&[end as i64]),
+            self.const_i64(&[axis as i64]),
+        );
         self.add_node("Slice", &[x, &s, &e, &a], vec![])
     }
 
@@ -101,7 +109,11 @@ impl Graph {
             .filter(|&i| i < lead || (to[i - lead] == 1 && from[i] != 1))
             .map(|i| i as i64)
             .collect();
-        let reduced = if axes.is_empty() { g.to_string() } else { self.op_reduce_sum(g, &axes, true) };
+        let reduced = if axes.is_empty() {
+            g.to_string()
+        } else {
+            self.op_reduce_sum(g, &axes, true)
+        };
         if from.len() == to.len() {
             reduced
         } else {

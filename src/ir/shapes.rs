@@ -10,8 +10,14 @@ const INT64: i32 = DataType::Int64 as i32;
 const BOOL: i32 = DataType::Bool as i32;
 
 pub(super) fn infer(graph: &mut Graph) -> Result<()> {
-    let declared: Vec<ValueInfoProto> =
-        graph.proto.input.iter().chain(&graph.proto.value_info).chain(&graph.proto.output).cloned().collect();
+    let declared: Vec<ValueInfoProto> = graph
+        .proto
+        .input
+        .iter()
+        .chain(&graph.proto.value_info)
+        .chain(&graph.proto.output)
+        .cloned()
+        .collect();
     let mut hints = std::collections::HashMap::new();
     for vi in &declared {
         if let Some(t) = static_type(vi) {
@@ -20,7 +26,10 @@ pub(super) fn infer(graph: &mut Graph) -> Result<()> {
     }
     for input in &graph.proto.input {
         if let Some(t) = hints.get(input.name()) {
-            graph.types.entry(input.name().to_string()).or_insert_with(|| t.clone());
+            graph
+                .types
+                .entry(input.name().to_string())
+                .or_insert_with(|| t.clone());
         }
     }
     for index in super::topo::order(graph)? {
@@ -50,17 +59,30 @@ pub(super) fn infer(graph: &mut Graph) -> Result<()> {
 
 /// The static type declared by a `ValueInfoProto`, if it is a tensor with fixed dims.
 pub fn static_type(vi: &ValueInfoProto) -> Option<ValueType> {
-    let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref()?.value.as_ref() else { return None };
+    let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
     let dims = t.shape.as_ref()?.dim.iter().map(|d| match d.value {
-        Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(v)) if v >= 0 => Some(v as usize),
+        Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(v)) if v >= 0 => {
+            Some(v as usize)
+        }
         _ => None,
     });
-    Some(ValueType { dtype: t.elem_type(), shape: dims.collect::<Option<Vec<_>>>()? })
+    Some(ValueType {
+        dtype: t.elem_type(),
+        shape: dims.collect::<Option<Vec<_>>>()?,
+    })
 }
 
 pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());
-    let dim = |s: &[usize], i: usize| if i + s.len() >= rank { s[i + s.len() - rank] } else { 1 };
+    let dim = |s: &[usize], i: usize| {
+        if i + s.len() >= rank {
+            s[i + s.len() - rank]
+        } else {
+            1
+        }
+    };
     (0..rank)
         .map(|i| match (dim(a, i), dim(b, i)) {
             (x, y) if x == y => Some(x),
@@ -77,7 +99,10 @@ pub fn normalize_axis(axis: i64, rank: usize, node: &NodeProto) -> Result<usize>
     if (0..r.max(1)).contains(&a) || (r == 0 && a == 0) {
         Ok(a as usize)
     } else {
-        Err(Error::node(node, format!("axis {axis} is out of range for rank {rank}")))
+        Err(Error::node(
+            node,
+            format!("axis {axis} is out of range for rank {rank}"),
+        ))
     }
 }
 
@@ -89,7 +114,11 @@ pub fn slice_bounds(start: i64, end: i64, step: i64, dim: usize) -> (i64, i64, i
     if step > 0 {
         (clamp(fix(start), 0, d), clamp(fix(end), 0, d), step)
     } else {
-        (clamp(fix(start), 0, d - 1), clamp(fix(end), -1, d - 1), step)
+        (
+            clamp(fix(start), 0, d - 1),
+            clamp(fix(end), -1, d - 1),
+            step,
+        )
     }
 }
 
@@ -102,18 +131,32 @@ pub fn slice_len(start: i64, end: i64, step: i64) -> usize {
 }
 
 /// Per-axis (start, end, step) of a Slice node over an input of shape `shape`.
-pub fn slice_spec(graph: &Graph, node: &NodeProto, shape: &[usize]) -> Result<Vec<(usize, i64, i64, i64)>> {
+pub fn slice_spec(
+    graph: &Graph,
+    node: &NodeProto,
+    shape: &[usize],
+) -> Result<Vec<(usize, i64, i64, i64)>> {
     let konst = |i: usize| -> Result<Option<Vec<i64>>> {
         match node.input.get(i).filter(|s| !s.is_empty()) {
             None => Ok(None),
             Some(name) => graph
                 .constant(name)
                 .map(|t| Some(t.to_i64_vec()))
-                .ok_or_else(|| Error::node(node, format!("Slice input '{name}' must be a compile-time constant"))),
+                .ok_or_else(|| {
+                    Error::node(
+                        node,
+                        format!("Slice input '{name}' must be a compile-time constant"),
+                    )
+                }),
         }
     };
     let (starts, ends, axes, steps) = if graph.opset < 10 {
-        (attributes::ints(node, "starts"), attributes::ints(node, "ends"), attributes::ints(node, "axes"), None)
+        (
+            attributes::ints(node, "starts"),
+            attributes::ints(node, "ends"),
+            attributes::ints(node, "axes"),
+            None,
+        )
     } else {
         (konst(1)?, konst(2)?, konst(3)?, konst(4)?)
     };
@@ -122,7 +165,10 @@ pub fn slice_spec(graph: &Graph, node: &NodeProto, shape: &[usize]) -> Result<Ve
     let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
     let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
     if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
-        return Err(Error::node(node, "Slice starts, ends, axes and steps differ in length"));
+        return Err(Error::node(
+            node,
+            "Slice starts, ends, axes and steps differ in length",
+        ));
     }
     let mut spec = Vec::new();
     for i in 0..starts.len() {
@@ -140,22 +186,36 @@ pub fn slice_spec(graph: &Graph, node: &NodeProto, shape: &[usize]) -> Result<Ve
 pub fn split_sizes(graph: &Graph, node: &NodeProto, dim: usize) -> Result<Vec<usize>> {
     let outputs = node.output.len();
     if let Some(sizes) = graph.ints_attr_or_input(node, "split", 1)? {
-        if sizes.iter().any(|&s| s < 0) || sizes.iter().sum::<i64>() != dim as i64 || sizes.len() != outputs {
-            return Err(Error::node(node, format!("split sizes {sizes:?} do not fit dimension {dim}")));
+        if sizes.iter().any(|&s| s < 0)
+            || sizes.iter().sum::<i64>() != dim as i64
+            || sizes.len() != outputs
+        {
+            return Err(Error::node(
+                node,
+                format!("split sizes {sizes:?} do not fit dimension {dim}"),
+            ));
         }
         return Ok(sizes.iter().map(|&s| s as usize).collect());
     }
-    let parts = attributes::int(node, "num_outputs").map(|n| n as usize).unwrap_or(outputs);
+    let parts = attributes::int(node, "num_outputs")
+        .map(|n| n as usize)
+        .unwrap_or(outputs);
     if parts == 0 {
         return Err(Error::node(node, "Split into zero parts"));
     }
     let chunk = dim.div_ceil(parts);
-    Ok((0..parts).map(|i| chunk.min(dim.saturating_sub(i * chunk))).collect())
+    Ok((0..parts)
+        .map(|i| chunk.min(dim.saturating_sub(i * chunk)))
+        .collect())
 }
 
 fn reduce_axes(graph: &Graph, node: &NodeProto, rank: usize) -> Result<Vec<usize>> {
     let axes_as_input = node.op_type() == "ReduceSum" && graph.opset >= 13 || graph.opset >= 18;
-    let axes = if axes_as_input { graph.ints_attr_or_input(node, "axes", 1)? } else { attributes::ints(node, "axes") };
+    let axes = if axes_as_input {
+        graph.ints_attr_or_input(node, "axes", 1)?
+    } else {
+        attributes::ints(node, "axes")
+    };
     match axes {
         Some(a) if !a.is_empty() => a.iter().map(|&x| normalize_axis(x, rank, node)).collect(),
         _ if attributes::int(node, "noop_with_empty_axes") == Some(1) => Ok(vec![]),
@@ -169,7 +229,11 @@ pub fn reduction(graph: &Graph, node: &NodeProto, shape: &[usize]) -> Result<(Ve
 }
 
 fn input_type(graph: &Graph, node: &NodeProto, i: usize) -> Result<ValueType> {
-    let name = node.input.get(i).filter(|s| !s.is_empty()).ok_or_else(|| Error::node(node, format!("missing input {i}")))?;
+    let name = node
+        .input
+        .get(i)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::node(node, format!("missing input {i}")))?;
     graph.value_type(name).cloned()
 }
 
@@ -178,41 +242,70 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
     let one = |t: ValueType| Ok(vec![Some(t)]);
     let op = node.op_type();
     match op {
-        "Identity" | "Neg" | "Sqrt" | "Reciprocal" | "Exp" | "Log" | "Sigmoid" | "Softplus" | "Tanh" | "Relu" | "Abs"
-        | "Erf" | "Softmax" | "LogSoftmax" | "Swish" => one(input(0)?),
+        "Identity" | "Neg" | "Sqrt" | "Reciprocal" | "Exp" | "Log" | "Sigmoid" | "Softplus"
+        | "Tanh" | "Relu" | "Abs" | "Erf" | "Softmax" | "LogSoftmax" | "Swish" => one(input(0)?),
         "Cast" => {
-            let to = attributes::int(node, "to").ok_or_else(|| Error::node(node, "Cast without 'to'"))?;
-            one(ValueType { dtype: to as i32, shape: input(0)?.shape })
+            let to = attributes::int(node, "to")
+                .ok_or_else(|| Error::node(node, "Cast without 'to'"))?;
+            one(ValueType {
+                dtype: to as i32,
+                shape: input(0)?.shape,
+            })
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Greater" | "Less" | "Equal" | "GreaterOrEqual"
-        | "LessOrEqual" | "And" | "Or" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Greater" | "Less" | "Equal"
+        | "GreaterOrEqual" | "LessOrEqual" | "And" | "Or" => {
             let (a, b) = (input(0)?, input(1)?);
-            let shape = broadcast(&a.shape, &b.shape)
-                .ok_or_else(|| Error::node(node, format!("cannot broadcast {:?} with {:?}", a.shape, b.shape)))?;
-            let logical = matches!(op, "Greater" | "Less" | "Equal" | "GreaterOrEqual" | "LessOrEqual" | "And" | "Or");
-            one(ValueType { dtype: if logical { BOOL } else { a.dtype }, shape })
+            let shape = broadcast(&a.shape, &b.shape).ok_or_else(|| {
+                Error::node(
+                    node,
+                    format!("cannot broadcast {:?} with {:?}", a.shape, b.shape),
+                )
+            })?;
+            let logical = matches!(
+                op,
+                "Greater" | "Less" | "Equal" | "GreaterOrEqual" | "LessOrEqual" | "And" | "Or"
+            );
+            one(ValueType {
+                dtype: if logical { BOOL } else { a.dtype },
+                shape,
+            })
         }
         "Where" => {
             let (c, a, b) = (input(0)?, input(1)?, input(2)?);
             let shape = broadcast(&c.shape, &a.shape)
                 .and_then(|s| broadcast(&s, &b.shape))
                 .ok_or_else(|| Error::node(node, "Where operands do not broadcast"))?;
-            one(ValueType { dtype: a.dtype, shape })
+            one(ValueType {
+                dtype: a.dtype,
+                shape,
+            })
         }
         "MatMul" => {
             let (a, b) = (input(0)?, input(1)?);
             if a.rank() < 2 || b.rank() < 2 {
-                return Err(Error::node(node, "MatMul with a 1-D operand is not supported"));
+                return Err(Error::node(
+                    node,
+                    "MatMul with a 1-D operand is not supported",
+                ));
             }
             let (m, k) = (a.shape[a.rank() - 2], a.shape[a.rank() - 1]);
             let (k2, n) = (b.shape[b.rank() - 2], b.shape[b.rank() - 1]);
             if k != k2 {
-                return Err(Error::node(node, format!("MatMul inner dimensions differ: {:?} x {:?}", a.shape, b.shape)));
+                return Err(Error::node(
+                    node,
+                    format!(
+                        "MatMul inner dimensions differ: {:?} x {:?}",
+                        a.shape, b.shape
+                    ),
+                ));
             }
             let mut shape = broadcast(&a.shape[..a.rank() - 2], &b.shape[..b.rank() - 2])
                 .ok_or_else(|| Error::node(node, "MatMul batch dimensions do not broadcast"))?;
             shape.extend([m, n]);
-            one(ValueType { dtype: a.dtype, shape })
+            one(ValueType {
+                dtype: a.dtype,
+                shape,
+            })
         }
         "Gemm" => {
             let (a, b) = (input(0)?, input(1)?);
@@ -220,70 +313,128 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
             let tb = attributes::int(node, "transB").unwrap_or(0) == 1;
             let m = if ta { a.shape[1] } else { a.shape[0] };
             let n = if tb { b.shape[0] } else { b.shape[1] };
-            one(ValueType { dtype: a.dtype, shape: vec![m, n] })
+            one(ValueType {
+                dtype: a.dtype,
+                shape: vec![m, n],
+            })
         }
         "Transpose" => {
             let x = input(0)?;
-            let perm = attributes::ints(node, "perm").unwrap_or_else(|| (0..x.rank() as i64).rev().collect());
+            let perm = attributes::ints(node, "perm")
+                .unwrap_or_else(|| (0..x.rank() as i64).rev().collect());
             let shape = perm
                 .iter()
                 .map(|&p| x.shape.get(p as usize).copied())
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| Error::node(node, "bad perm"))?;
-            one(ValueType { dtype: x.dtype, shape })
+            one(ValueType {
+                dtype: x.dtype,
+                shape,
+            })
         }
         "Gather" => {
             let (data, idx) = (input(0)?, input(1)?);
-            let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), data.rank(), node)?;
+            let axis = normalize_axis(
+                attributes::int(node, "axis").unwrap_or(0),
+                data.rank(),
+                node,
+            )?;
             let mut shape = data.shape[..axis].to_vec();
             shape.extend(&idx.shape);
             shape.extend(&data.shape[axis + 1..]);
-            one(ValueType { dtype: data.dtype, shape })
+            one(ValueType {
+                dtype: data.dtype,
+                shape,
+            })
         }
-        "GatherElements" => one(ValueType { dtype: input(0)?.dtype, shape: input(1)?.shape }),
+        "GatherElements" => one(ValueType {
+            dtype: input(0)?.dtype,
+            shape: input(1)?.shape,
+        }),
         "Unsqueeze" => {
             let x = input(0)?;
-            let axes = graph.ints_attr_or_input(node, "axes", 1)?.ok_or_else(|| Error::node(node, "Unsqueeze without axes"))?;
+            let axes = graph
+                .ints_attr_or_input(node, "axes", 1)?
+                .ok_or_else(|| Error::node(node, "Unsqueeze without axes"))?;
             let rank = x.rank() + axes.len();
-            let mut axes: Vec<usize> = axes.iter().map(|&a| normalize_axis(a, rank, node)).collect::<Result<_>>()?;
+            let mut axes: Vec<usize> = axes
+                .iter()
+                .map(|&a| normalize_axis(a, rank, node))
+                .collect::<Result<_>>()?;
             axes.sort_unstable();
             let mut shape = x.shape.clone();
             for a in axes {
                 shape.insert(a.min(shape.len()), 1);
             }
-            one(ValueType { dtype: x.dtype, shape })
+            one(ValueType {
+                dtype: x.dtype,
+                shape,
+            })
         }
         "Squeeze" => {
             let x = input(0)?;
             let shape = match graph.ints_attr_or_input(node, "axes", 1)? {
                 Some(axes) => {
-                    let axes: Vec<usize> = axes.iter().map(|&a| normalize_axis(a, x.rank(), node)).collect::<Result<_>>()?;
-                    x.shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+                    let axes: Vec<usize> = axes
+                        .iter()
+                        .map(|&a| normalize_axis(a, x.rank(), node))
+                        .collect::<Result<_>>()?;
+                    x.shape
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !axes.contains(i))
+                        .map(|(_, &d)| d)
+                        .collect()
                 }
                 None => x.shape.iter().copied().filter(|&d| d != 1).collect(),
             };
-            one(ValueType { dtype: x.dtype, shape })
+            one(ValueType {
+                dtype: x.dtype,
+                shape,
+            })
         }
         "Reshape" => {
             let x = input(0)?;
-            let target = graph.constant(&node.input[1]).ok_or_else(|| Error::node(node, "Reshape shape must be constant"))?;
-            one(ValueType { dtype: x.dtype, shape: reshape_target(&x.shape, &target.to_i64_vec(), node)? })
+            let target = graph
+                .constant(&node.input[1])
+                .ok_or_else(|| Error::node(node, "Reshape shape must be constant"))?;
+            one(ValueType {
+                dtype: x.dtype,
+                shape: reshape_target(&x.shape, &target.to_i64_vec(), node)?,
+            })
         }
         "Flatten" => {
             let x = input(0)?;
-            let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(1), x.rank() + 1, node)?;
-            let shape = vec![x.shape[..axis].iter().product(), x.shape[axis..].iter().product()];
-            one(ValueType { dtype: x.dtype, shape })
+            let axis = normalize_axis(
+                attributes::int(node, "axis").unwrap_or(1),
+                x.rank() + 1,
+                node,
+            )?;
+            let shape = vec![
+                x.shape[..axis].iter().product(),
+                x.shape[axis..].iter().product(),
+            ];
+            one(ValueType {
+                dtype: x.dtype,
+                shape,
+            })
         }
         "Concat" => {
             let first = input(0)?;
-            let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), first.rank(), node)?;
+            let axis = normalize_axis(
+                attributes::int(node, "axis").unwrap_or(0),
+                first.rank(),
+                node,
+            )?;
             let mut shape = first.shape.clone();
             shape[axis] = 0;
             for i in 0..node.input.len() {
                 shape[axis] += input(i)?.shape.get(axis).copied().unwrap_or(0);
             }
-            one(ValueType { dtype: first.dtype, shape })
+            one(ValueType {
+                dtype: first.dtype,
+                shape,
+            })
         }
         "Split" => {
             let x = input(0)?;
@@ -294,7 +445,10 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
                 .map(|s| {
                     let mut shape = x.shape.clone();
                     shape[axis] = s;
-                    Some(ValueType { dtype: x.dtype, shape })
+                    Some(ValueType {
+                        dtype: x.dtype,
+                        shape,
+                    })
                 })
                 .collect())
         }
@@ -304,7 +458,10 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
             for (axis, s, e, st) in slice_spec(graph, node, &x.shape)? {
                 shape[axis] = slice_len(s, e, st);
             }
-            one(ValueType { dtype: x.dtype, shape })
+            one(ValueType {
+                dtype: x.dtype,
+                shape,
+            })
         }
         "Conv" => {
             let (x, w) = (input(0)?, input(1)?);
@@ -313,7 +470,10 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
                 return Err(Error::node(node, "Conv input and weight ranks disagree"));
             }
             if attributes::string(node, "auto_pad").is_some_and(|p| p != "NOTSET") {
-                return Err(Error::node(node, "Conv auto_pad is not supported; export with explicit pads"));
+                return Err(Error::node(
+                    node,
+                    "Conv auto_pad is not supported; export with explicit pads",
+                ));
             }
             let pads = attributes::ints(node, "pads").unwrap_or_else(|| vec![0; 2 * spatial]);
             let strides = attributes::ints(node, "strides").unwrap_or_else(|| vec![1; spatial]);
@@ -324,7 +484,10 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
                 let span = dilations[i] * (w.shape[2 + i] as i64 - 1) + 1;
                 shape.push(((padded - span) / strides[i] + 1).max(0) as usize);
             }
-            one(ValueType { dtype: x.dtype, shape })
+            one(ValueType {
+                dtype: x.dtype,
+                shape,
+            })
         }
         "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" => {
             let x = input(0)?;
@@ -333,38 +496,81 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
                 .shape
                 .iter()
                 .enumerate()
-                .filter_map(|(i, &d)| if axes.contains(&i) { keep.then_some(1) } else { Some(d) })
+                .filter_map(|(i, &d)| {
+                    if axes.contains(&i) {
+                        keep.then_some(1)
+                    } else {
+                        Some(d)
+                    }
+                })
                 .collect();
-            one(ValueType { dtype: x.dtype, shape })
+            one(ValueType {
+                dtype: x.dtype,
+                shape,
+            })
         }
         "ArgMax" | "ArgMin" => {
             let x = input(0)?;
             let axis = normalize_axis(attributes::int(node, "axis").unwrap_or(0), x.rank(), node)?;
             let keep = attributes::int(node, "keepdims").unwrap_or(1) == 1;
-            let shape = x.shape.iter().enumerate().filter_map(|(i, &d)| if i == axis { keep.then_some(1) } else { Some(d) });
-            one(ValueType { dtype: INT64, shape: shape.collect() })
+            let shape = x.shape.iter().enumerate().filter_map(|(i, &d)| {
+                if i == axis {
+                    keep.then_some(1)
+                } else {
+                    Some(d)
+                }
+            });
+            one(ValueType {
+                dtype: INT64,
+                shape: shape.collect(),
+            })
         }
         "Shape" => {
             let x = input(0)?;
             let (start, end) = shape_op_range(node, x.rank());
-            one(ValueType { dtype: INT64, shape: vec![end.saturating_sub(start)] })
+            one(ValueType {
+                dtype: INT64,
+                shape: vec![end.saturating_sub(start)],
+            })
         }
         "Constant" => {
             let t = super::fold::constant_node_value(node)?;
-            one(ValueType { dtype: t.dtype(), shape: t.shape().to_vec() })
+            one(ValueType {
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+            })
         }
         "ConstantOfShape" => {
-            let shape = graph.constant(&node.input[0]).ok_or_else(|| Error::node(node, "ConstantOfShape needs a constant shape"))?;
-            let dtype = attributes::find(node, "value").and_then(|a| a.t.as_ref()).map(|t| t.data_type()).unwrap_or(FLOAT);
-            let shape = shape.to_i64_vec().iter().map(|&d| d.max(0) as usize).collect();
+            let shape = graph
+                .constant(&node.input[0])
+                .ok_or_else(|| Error::node(node, "ConstantOfShape needs a constant shape"))?;
+            let dtype = attributes::find(node, "value")
+                .and_then(|a| a.t.as_ref())
+                .map(|t| t.data_type())
+                .unwrap_or(FLOAT);
+            let shape = shape
+                .to_i64_vec()
+                .iter()
+                .map(|&d| d.max(0) as usize)
+                .collect();
             one(ValueType { dtype, shape })
         }
         "Expand" => {
             let x = input(0)?;
-            let target = graph.constant(&node.input[1]).ok_or_else(|| Error::node(node, "Expand shape must be constant"))?;
-            let target: Vec<usize> = target.to_i64_vec().iter().map(|&d| d.max(0) as usize).collect();
-            let shape = broadcast(&x.shape, &target).ok_or_else(|| Error::node(node, "Expand shape does not broadcast"))?;
-            one(ValueType { dtype: x.dtype, shape })
+            let target = graph
+                .constant(&node.input[1])
+                .ok_or_else(|| Error::node(node, "Expand shape must be constant"))?;
+            let target: Vec<usize> = target
+                .to_i64_vec()
+                .iter()
+                .map(|&d| d.max(0) as usize)
+                .collect();
+            let shape = broadcast(&x.shape, &target)
+                .ok_or_else(|| Error::node(node, "Expand shape does not broadcast"))?;
+            one(ValueType {
+                dtype: x.dtype,
+                shape,
+            })
         }
         "Range" => {
             let (s, l, d) = (
@@ -376,7 +582,10 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
                 (Some(s), Some(l), Some(d)) => {
                     let (s, l, d) = (s.to_f64_vec()[0], l.to_f64_vec()[0], d.to_f64_vec()[0]);
                     let n = ((l - s) / d).ceil().max(0.0) as usize;
-                    one(ValueType { dtype: input(0)?.dtype, shape: vec![n] })
+                    one(ValueType {
+                        dtype: input(0)?.dtype,
+                        shape: vec![n],
+                    })
                 }
                 _ => Err(Error::node(node, "Range bounds must be constant")),
             }
@@ -388,7 +597,10 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
 pub fn shape_op_range(node: &NodeProto, rank: usize) -> (usize, usize) {
     let r = rank as i64;
     let fix = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-    (fix(attributes::int(node, "start").unwrap_or(0)), fix(attributes::int(node, "end").unwrap_or(r)))
+    (
+        fix(attributes::int(node, "start").unwrap_or(0)),
+        fix(attributes::int(node, "end").unwrap_or(r)),
+    )
 }
 
 pub fn reshape_target(input: &[usize], target: &[i64], node: &NodeProto) -> Result<Vec<usize>> {
@@ -402,19 +614,29 @@ pub fn reshape_target(input: &[usize], target: &[i64], node: &NodeProto) -> Resu
                 infer_at = Some(i);
                 shape.push(1);
             }
-            0 if !allowzero => shape.push(*input.get(i).ok_or_else(|| Error::node(node, "Reshape 0 beyond input rank"))?),
+            0 if !allowzero => shape.push(
+                *input
+                    .get(i)
+                    .ok_or_else(|| Error::node(node, "Reshape 0 beyond input rank"))?,
+            ),
             d if d >= 0 => shape.push(d as usize),
             _ => return Err(Error::node(node, format!("bad Reshape target {target:?}"))),
         }
     }
     let known: usize = shape.iter().product();
     if let Some(i) = infer_at {
-        if known == 0 || total % known != 0 {
-            return Err(Error::node(node, format!("cannot reshape {input:?} to {target:?}")));
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(Error::node(
+                node,
+                format!("cannot reshape {input:?} to {target:?}"),
+            ));
         }
         shape[i] = total / known;
     } else if known != total {
-        return Err(Error::node(node, format!("cannot reshape {input:?} to {target:?}")));
+        return Err(Error::node(
+            node,
+            format!("cannot reshape {input:?} to {target:?}"),
+        ));
     }
     Ok(shape)
 }

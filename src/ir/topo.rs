@@ -7,8 +7,11 @@ use crate::error::{Error, Result};
 /// Node indices in an order where every node comes after the producers of its inputs.
 pub fn order(graph: &Graph) -> Result<Vec<usize>> {
     let nodes = graph.nodes();
-    let producer: HashMap<&str, usize> =
-        nodes.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+    let producer: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
     let mut pending = vec![0usize; nodes.len()];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, node) in nodes.iter().enumerate() {
@@ -31,14 +34,22 @@ pub fn order(graph: &Graph) -> Result<Vec<usize>> {
         }
     }
     if sorted.len() != nodes.len() {
-        let stuck = (0..nodes.len()).find(|&i| pending[i] > 0).map(|i| nodes[i].name().to_string()).unwrap_or_default();
-        return Err(Error::InvalidModel(format!("the graph has a cycle (through node '{stuck}')")));
+        let stuck = (0..nodes.len())
+            .find(|&i| pending[i] > 0)
+            .map(|i| nodes[i].name().to_string())
+            .unwrap_or_default();
+        return Err(Error::InvalidModel(format!(
+            "the graph has a cycle (through node '{stuck}')"
+        )));
     }
     Ok(sorted)
 }
 
 /// Removes nodes whose outputs nobody reads, among those `removable` allows.
-pub fn remove_dead_nodes(graph: &mut Graph, removable: impl Fn(&crate::onnx::proto::NodeProto) -> bool) {
+pub fn remove_dead_nodes(
+    graph: &mut Graph,
+    removable: impl Fn(&crate::onnx::proto::NodeProto) -> bool,
+) {
     loop {
         let mut used: HashSet<&str> = graph.proto.output.iter().map(|o| o.name()).collect();
         for node in &graph.proto.node {

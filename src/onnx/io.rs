@@ -9,7 +9,10 @@ use super::proto::ModelProto;
 use crate::error::{Error, Result};
 
 pub fn load_model(path: &Path) -> Result<ModelProto> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
     decode_model(&bytes, path)
 }
 
@@ -17,9 +20,15 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
     if bytes.is_empty() {
         return Err(Error::InvalidModel(format!("{} is empty", path.display())));
     }
-    let model = ModelProto::decode(bytes).map_err(|source| Error::Decode { path: path.into(), source })?;
+    let model = ModelProto::decode(bytes).map_err(|source| Error::Decode {
+        path: path.into(),
+        source,
+    })?;
     if model.graph.is_none() {
-        return Err(Error::InvalidModel(format!("{} holds no graph (not an ONNX model?)", path.display())));
+        return Err(Error::InvalidModel(format!(
+            "{} holds no graph (not an ONNX model?)",
+            path.display()
+        )));
     }
     Ok(model)
 }
@@ -35,7 +44,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = folder.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
@@ -45,7 +57,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     result.map_err(|source| {
         let _ = std::fs::remove_file(&temp);
-        Error::Write { path: path.into(), source }
+        Error::Write {
+            path: path.into(),
+            source,
+        }
     })
 }
 

@@ -48,7 +48,12 @@ impl Tensor {
 
     pub fn to_proto(&self, name: &str) -> TensorProto {
         let dims = self.shape().iter().map(|&d| d as i64).collect();
-        let mut proto = TensorProto { name: Some(name.to_string()), dims, data_type: Some(self.dtype()), ..Default::default() };
+        let mut proto = TensorProto {
+            name: Some(name.to_string()),
+            dims,
+            data_type: Some(self.dtype()),
+            ..Default::default()
+        };
         let raw: Vec<u8> = match self {
             Tensor::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
             Tensor::I64(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -62,8 +67,11 @@ impl Tensor {
 fn element_count(dims: &[i64], name: &str) -> Result<usize> {
     let mut count: usize = 1;
     for &d in dims {
-        let d = usize::try_from(d).map_err(|_| Error::tensor(name, format!("negative dimension {d}")))?;
-        count = count.checked_mul(d).ok_or_else(|| Error::tensor(name, "dimensions overflow"))?;
+        let d = usize::try_from(d)
+            .map_err(|_| Error::tensor(name, format!("negative dimension {d}")))?;
+        count = count
+            .checked_mul(d)
+            .ok_or_else(|| Error::tensor(name, "dimensions overflow"))?;
     }
     Ok(count)
 }
@@ -72,23 +80,40 @@ fn check_len(name: &str, what: &str, got: usize, expected: usize) -> Result<()> 
     if got == expected {
         Ok(())
     } else {
-        Err(Error::tensor(name, format!("{what} holds {got} elements but its dims declare {expected}")))
+        Err(Error::tensor(
+            name,
+            format!("{what} holds {got} elements but its dims declare {expected}"),
+        ))
     }
 }
 
-fn from_raw<T, const N: usize>(raw: &[u8], count: usize, name: &str, decode: fn([u8; N]) -> T) -> Result<Vec<T>> {
-    check_len(name, "raw_data", raw.len() / N, count)?;
-    if raw.len() % N != 0 {
-        return Err(Error::tensor(name, "raw_data length is not a multiple of the element size"));
+fn from_raw<T, const N: usize>(
+    raw: &[u8],
+    count: usize,
+    name: &str,
+    decode: fn([u8; N]) -> T,
+) -> Result<Vec<T>> {
+    if !raw.len().is_multiple_of(N) {
+        return Err(Error::tensor(
+            name,
+            "raw_data length is not a multiple of the element size",
+        ));
     }
-    Ok(raw.chunks_exact(N).map(|c| decode(c.try_into().expect("chunks_exact yields N bytes"))).collect())
+    check_len(name, "raw_data", raw.len() / N, count)?;
+    Ok(raw
+        .chunks_exact(N)
+        .map(|c| decode(c.try_into().expect("chunks_exact yields N bytes")))
+        .collect())
 }
 
 /// Decodes an inline tensor; `None` for data types the compiler never needs to read.
 pub fn tensor_from_proto(proto: &TensorProto) -> Result<Option<Tensor>> {
     let name = proto.name();
     if proto.data_location == Some(1) {
-        return Err(Error::tensor(name, "external data must be resolved before decoding"));
+        return Err(Error::tensor(
+            name,
+            "external data must be resolved before decoding",
+        ));
     }
     let count = element_count(&proto.dims, name)?;
     let shape = IxDyn(&proto.dims.iter().map(|&d| d as usize).collect::<Vec<_>>());
@@ -102,12 +127,17 @@ pub fn tensor_from_proto(proto: &TensorProto) -> Result<Option<Tensor>> {
                     proto.float_data.clone()
                 }
             };
-            Tensor::F32(ArrayD::from_shape_vec(shape, values).map_err(|e| Error::tensor(name, e.to_string()))?)
+            Tensor::F32(
+                ArrayD::from_shape_vec(shape, values)
+                    .map_err(|e| Error::tensor(name, e.to_string()))?,
+            )
         }
         Ok(dtype @ (DataType::Int64 | DataType::Int32)) => {
             let values = match (raw, dtype) {
                 (Some(raw), DataType::Int64) => from_raw(raw, count, name, i64::from_le_bytes)?,
-                (Some(raw), _) => from_raw(raw, count, name, |b: [u8; 4]| i32::from_le_bytes(b) as i64)?,
+                (Some(raw), _) => {
+                    from_raw(raw, count, name, |b: [u8; 4]| i32::from_le_bytes(b) as i64)?
+                }
                 (None, DataType::Int64) => {
                     check_len(name, "int64_data", proto.int64_data.len(), count)?;
                     proto.int64_data.clone()
@@ -117,7 +147,10 @@ pub fn tensor_from_proto(proto: &TensorProto) -> Result<Option<Tensor>> {
                     proto.int32_data.iter().map(|&v| v as i64).collect()
                 }
             };
-            Tensor::I64(ArrayD::from_shape_vec(shape, values).map_err(|e| Error::tensor(name, e.to_string()))?)
+            Tensor::I64(
+                ArrayD::from_shape_vec(shape, values)
+                    .map_err(|e| Error::tensor(name, e.to_string()))?,
+            )
         }
         Ok(DataType::Bool) => {
             let values: Vec<bool> = match raw {
@@ -130,7 +163,10 @@ pub fn tensor_from_proto(proto: &TensorProto) -> Result<Option<Tensor>> {
                     proto.int32_data.iter().map(|&v| v != 0).collect()
                 }
             };
-            Tensor::Bool(ArrayD::from_shape_vec(shape, values).map_err(|e| Error::tensor(name, e.to_string()))?)
+            Tensor::Bool(
+                ArrayD::from_shape_vec(shape, values)
+                    .map_err(|e| Error::tensor(name, e.to_string()))?,
+            )
         }
         _ => return Ok(None),
     };

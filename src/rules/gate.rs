@@ -6,9 +6,17 @@ use super::pattern::skip_noops;
 use super::{Effect, Matches, Rejection, Rule, Site};
 use crate::ir::Graph;
 
-pub fn find(graph: &Graph, input_dependent: &HashSet<String>, silu_products: &HashMap<String, String>, matches: &mut Matches) {
+pub fn find(
+    graph: &Graph,
+    input_dependent: &HashSet<String>,
+    silu_products: &HashMap<String, String>,
+    matches: &mut Matches,
+) {
     for (index, node) in graph.nodes().iter().enumerate() {
-        if node.op_type() != "Mul" || node.input.len() != 2 || silu_products.contains_key(&node.output[0]) {
+        if node.op_type() != "Mul"
+            || node.input.len() != 2
+            || silu_products.contains_key(&node.output[0])
+        {
             continue;
         }
         for slot in [1, 0] {

@@ -8,7 +8,11 @@ pub fn find(graph: &Graph, matches: &mut Matches) {
     let mut norm_inputs: Vec<(usize, String)> = Vec::new();
     for node in graph.nodes().iter().filter(|n| n.op_type() == "Sqrt") {
         let reject = |matches: &mut Matches, reason: String| {
-            matches.rejections.push(Rejection { rule: Rule::Norm, node: node.name().to_string(), reason })
+            matches.rejections.push(Rejection {
+                rule: Rule::Norm,
+                node: node.name().to_string(),
+                reason,
+            })
         };
         let normalised = match mean_of_squares_input(graph, &node.input[0]) {
             Ok(x) => x,
@@ -21,12 +25,20 @@ pub fn find(graph: &Graph, matches: &mut Matches) {
         for (index, slot) in consumers_through_noops(graph, &node.output[0]) {
             let consumer = graph.node(index);
             match (consumer.op_type(), slot) {
-                ("Reciprocal", 0) => stops.extend(graph.consumers(&consumer.output[0]).iter().copied()),
+                ("Reciprocal", 0) => {
+                    stops.extend(graph.consumers(&consumer.output[0]).iter().copied())
+                }
                 ("Div", 1) if is_constant_equal(graph, &consumer.input[0], 1.0) => {
                     stops.extend(graph.consumers(&consumer.output[0]).iter().copied())
                 }
                 ("Div", 1) => stops.push((index, 1)),
-                (op, _) => reject(matches, format!("its output feeds {op} '{}', not a reciprocal or a divisor", consumer.name())),
+                (op, _) => reject(
+                    matches,
+                    format!(
+                        "its output feeds {op} '{}', not a reciprocal or a divisor",
+                        consumer.name()
+                    ),
+                ),
             }
         }
         if stops.is_empty() {
@@ -52,18 +64,31 @@ fn mean_of_squares_input(graph: &Graph, sqrt_input: &str) -> Result<String, Stri
     if let Some((_, add)) = produced_by(graph, inner, "Add") {
         let variable = add.input.iter().find(|i| !graph.is_constant(i));
         match variable {
-            Some(v) if add.input.iter().any(|i| graph.is_constant(i)) => inner = skip_noops(graph, v),
+            Some(v) if add.input.iter().any(|i| graph.is_constant(i)) => {
+                inner = skip_noops(graph, v)
+            }
             _ => return Err("its input is an Add without a constant eps".into()),
         }
     }
-    let (_, mean) = produced_by(graph, inner, "ReduceMean").ok_or("its input is not ReduceMean(...) + eps")?;
+    let (_, mean) =
+        produced_by(graph, inner, "ReduceMean").ok_or("its input is not ReduceMean(...) + eps")?;
     let squared = skip_noops(graph, &mean.input[0]);
     let base = match graph.producer(squared) {
-        Some((_, p)) if p.op_type() == "Pow" && is_constant_equal(graph, &p.input[1], 2.0) => p.input[0].clone(),
-        Some((_, p)) if p.op_type() == "Mul" && skip_noops(graph, &p.input[0]) == skip_noops(graph, &p.input[1]) => {
+        Some((_, p)) if p.op_type() == "Pow" && is_constant_equal(graph, &p.input[1], 2.0) => {
             p.input[0].clone()
         }
-        _ => return Err(format!("ReduceMean '{}' does not average a square", mean.name())),
+        Some((_, p))
+            if p.op_type() == "Mul"
+                && skip_noops(graph, &p.input[0]) == skip_noops(graph, &p.input[1]) =>
+        {
+            p.input[0].clone()
+        }
+        _ => {
+            return Err(format!(
+                "ReduceMean '{}' does not average a square",
+                mean.name()
+            ))
+        }
     };
     let base = skip_noops(graph, &base);
     // LayerNorm squares the centred tensor x - mean(x): the normalised input is x itself.

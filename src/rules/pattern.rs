@@ -23,8 +23,14 @@ pub fn skip_noops<'g>(graph: &'g Graph, mut value: &'g str) -> &'g str {
 }
 
 /// The node producing `value` (after no-ops) if its op is `op`.
-pub fn produced_by<'g>(graph: &'g Graph, value: &'g str, op: &str) -> Option<(usize, &'g NodeProto)> {
-    graph.producer(skip_noops(graph, value)).filter(|(_, n)| n.op_type() == op)
+pub fn produced_by<'g>(
+    graph: &'g Graph,
+    value: &'g str,
+    op: &str,
+) -> Option<(usize, &'g NodeProto)> {
+    graph
+        .producer(skip_noops(graph, value))
+        .filter(|(_, n)| n.op_type() == op)
 }
 
 /// True when `value` is a compile-time constant whose elements all equal `expected`.
@@ -42,7 +48,9 @@ pub fn consumers_through_noops(graph: &Graph, value: &str) -> Vec<(usize, usize)
     for &(index, slot) in graph.consumers(value) {
         let node = graph.node(index);
         let output = &node.output[0];
-        if matches!(node.op_type(), "Identity" | "Cast") && skip_noops(graph, output) != output.as_str() {
+        if matches!(node.op_type(), "Identity" | "Cast")
+            && skip_noops(graph, output) != output.as_str()
+        {
             found.extend(consumers_through_noops(graph, output));
         } else {
             found.push((index, slot));

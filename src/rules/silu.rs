@@ -14,13 +14,18 @@ pub fn find(graph: &Graph, matches: &mut Matches) -> HashMap<String, String> {
             continue;
         }
         for (x_slot, gate_slot) in [(0, 1), (1, 0)] {
-            let Some((_, sigmoid)) = produced_by(graph, &node.input[gate_slot], "Sigmoid") else { continue };
+            let Some((_, sigmoid)) = produced_by(graph, &node.input[gate_slot], "Sigmoid") else {
+                continue;
+            };
             let x = skip_noops(graph, &node.input[x_slot]);
             if skip_noops(graph, &sigmoid.input[0]) == x {
                 matches.sites.push(Site {
                     rule: Rule::Silu,
                     node: node.name().to_string(),
-                    detail: format!("x * sg(sigmoid(x)) with x = '{x}', sigmoid from '{}'", sigmoid.name()),
+                    detail: format!(
+                        "x * sg(sigmoid(x)) with x = '{x}', sigmoid from '{}'",
+                        sigmoid.name()
+                    ),
                     effect: Effect::StopGradient(vec![(index, gate_slot)]),
                 });
                 products.insert(node.output[0].clone(), x.to_string());

@@ -15,18 +15,28 @@ pub fn find(graph: &Graph, matches: &mut Matches) {
                 if !seen.insert(split_nodes.clone()) {
                     continue;
                 }
-                let stops: Vec<(usize, usize)> =
-                    outputs.iter().flat_map(|o| graph.consumers(o).iter().copied()).collect();
+                let stops: Vec<(usize, usize)> = outputs
+                    .iter()
+                    .flat_map(|o| graph.consumers(o).iter().copied())
+                    .collect();
                 let names: Vec<&str> = split_nodes.iter().map(|&i| graph.node(i).name()).collect();
                 matches.sites.push(Site {
                     rule: Rule::Ssm,
                     node: names.join("+"),
-                    detail: format!("dt, B, C = '{}' frozen (found from Softplus '{}')", outputs.join("', '"), node.name()),
+                    detail: format!(
+                        "dt, B, C = '{}' frozen (found from Softplus '{}')",
+                        outputs.join("', '"),
+                        node.name()
+                    ),
                     effect: Effect::StopGradient(stops),
                 });
             }
             Err(reason) => {
-                matches.rejections.push(Rejection { rule: Rule::Ssm, node: node.name().to_string(), reason });
+                matches.rejections.push(Rejection {
+                    rule: Rule::Ssm,
+                    node: node.name().to_string(),
+                    reason,
+                });
             }
         }
     }
@@ -34,7 +44,10 @@ pub fn find(graph: &Graph, matches: &mut Matches) {
 
 /// From the Softplus input `dt_proj(dt_in) + bias`, the node(s) splitting the x_proj output into
 /// dt_in, B and C, and all their outputs.
-fn selection_split(graph: &Graph, softplus_input: &str) -> Result<(Vec<usize>, Vec<String>), String> {
+fn selection_split(
+    graph: &Graph,
+    softplus_input: &str,
+) -> Result<(Vec<usize>, Vec<String>), String> {
     let mut pre = skip_noops(graph, softplus_input);
     if let Some((_, add)) = produced_by(graph, pre, "Add") {
         if let Some(v) = add.input.iter().find(|i| !graph.is_constant(i)) {
@@ -43,12 +56,18 @@ fn selection_split(graph: &Graph, softplus_input: &str) -> Result<(Vec<usize>, V
             }
         }
     }
-    let (_, dt_proj) = produced_by(graph, pre, "MatMul").ok_or("its input is not dt_proj(dt) (+ bias): no MatMul")?;
+    let (_, dt_proj) = produced_by(graph, pre, "MatMul")
+        .ok_or("its input is not dt_proj(dt) (+ bias): no MatMul")?;
     if !graph.is_constant(&dt_proj.input[1]) {
-        return Err(format!("MatMul '{}' has no constant dt_proj weight", dt_proj.name()));
+        return Err(format!(
+            "MatMul '{}' has no constant dt_proj weight",
+            dt_proj.name()
+        ));
     }
     let dt_in = skip_noops(graph, &dt_proj.input[0]);
-    let (split_index, split) = graph.producer(dt_in).ok_or("dt_proj reads a graph input, not a split of x_proj")?;
+    let (split_index, split) = graph
+        .producer(dt_in)
+        .ok_or("dt_proj reads a graph input, not a split of x_proj")?;
     match split.op_type() {
         "Split" => Ok((vec![split_index], split.output.clone())),
         "Slice" => {
@@ -59,9 +78,15 @@ fn selection_split(graph: &Graph, softplus_input: &str) -> Result<(Vec<usize>, V
                 .filter(|&&(i, slot)| slot == 0 && graph.node(i).op_type() == "Slice")
                 .map(|&(i, _)| i)
                 .collect();
-            let outputs = slices.iter().map(|&i| graph.node(i).output[0].clone()).collect();
+            let outputs = slices
+                .iter()
+                .map(|&i| graph.node(i).output[0].clone())
+                .collect();
             Ok((slices, outputs))
         }
-        op => Err(format!("dt_proj reads the output of {op} '{}', not a Split/Slice of the x_proj output", split.name())),
+        op => Err(format!(
+            "dt_proj reads the output of {op} '{}', not a Split/Slice of the x_proj output",
+            split.name()
+        )),
     }
 }

@@ -19,7 +19,11 @@ fn output<'a>(outputs: &'a [(String, ArrayD<f32>)], name: &str) -> Result<&'a Ar
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v)
-        .ok_or_else(|| Error::Verify(format!("the model has no output '{name}': was it compiled by mambalrp-compile?")))
+        .ok_or_else(|| {
+            Error::Verify(format!(
+                "the model has no output '{name}': was it compiled by mambalrp-compile?"
+            ))
+        })
 }
 
 pub fn conservation(outputs: &[(String, ArrayD<f32>)]) -> Result<Vec<SampleCheck>> {
@@ -37,10 +41,27 @@ pub fn conservation(outputs: &[(String, ArrayD<f32>)]) -> Result<Vec<SampleCheck
     }
     Ok((0..batch)
         .map(|b| {
-            let sum: f64 = relevance.index_axis(ndarray::Axis(0), b).iter().map(|&v| v as f64).sum();
-            let (f, bias) = (logit.as_slice_memory_order().map(|s| s[b]).unwrap_or(f32::NAN), bias.iter().nth(b).copied().unwrap_or(f32::NAN));
-            let residual = ((sum + bias as f64 - f as f64).abs() / (f as f64).abs().max(1e-12)) as f32;
-            SampleCheck { sample: b, explained_logit: f, relevance_sum: sum as f32, relevance_bias: bias, relative_residual: residual }
+            let sum: f64 = relevance
+                .index_axis(ndarray::Axis(0), b)
+                .iter()
+                .map(|&v| v as f64)
+                .sum();
+            let (f, bias) = (
+                logit
+                    .as_slice_memory_order()
+                    .map(|s| s[b])
+                    .unwrap_or(f32::NAN),
+                bias.iter().nth(b).copied().unwrap_or(f32::NAN),
+            );
+            let residual =
+                ((sum + bias as f64 - f as f64).abs() / (f as f64).abs().max(1e-12)) as f32;
+            SampleCheck {
+                sample: b,
+                explained_logit: f,
+                relevance_sum: sum as f32,
+                relevance_bias: bias,
+                relative_residual: residual,
+            }
         })
         .collect())
 }

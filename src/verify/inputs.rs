@@ -11,7 +11,9 @@ use crate::onnx::Tensor;
 
 /// A fixed pseudo-random sequence (64-bit LCG), so runs are reproducible everywhere.
 fn lcg(state: &mut u64) -> u64 {
-    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *state >> 33
 }
 
@@ -33,11 +35,23 @@ pub fn generated_inputs(graph: &Graph) -> Result<Vec<(String, Tensor)>> {
         let shape = IxDyn(&t.shape);
         let tensor = match t.dtype {
             6 | 7 => {
-                let bound = if name == TARGET_INPUT { classes } else { vocabulary_size(graph, &name).unwrap_or(2) } as u64;
-                Tensor::I64(ArrayD::from_shape_fn(shape, |_| (lcg(&mut state) % bound) as i64))
+                let bound = if name == TARGET_INPUT {
+                    classes
+                } else {
+                    vocabulary_size(graph, &name).unwrap_or(2)
+                } as u64;
+                Tensor::I64(ArrayD::from_shape_fn(shape, |_| {
+                    (lcg(&mut state) % bound) as i64
+                }))
             }
-            1 => Tensor::F32(ArrayD::from_shape_fn(shape, |_| (lcg(&mut state) % 2000) as f32 / 1000.0 - 1.0)),
-            other => return Err(Error::Unsupported(format!("cannot generate values for input '{name}' of data type {other}; pass --input"))),
+            1 => Tensor::F32(ArrayD::from_shape_fn(shape, |_| {
+                (lcg(&mut state) % 2000) as f32 / 1000.0 - 1.0
+            })),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "cannot generate values for input '{name}' of data type {other}; pass --input"
+                )))
+            }
         };
         inputs.push((name, tensor));
     }
@@ -51,13 +65,21 @@ fn vocabulary_size(graph: &Graph, input: &str) -> Option<usize> {
         .iter()
         .map(|&(i, _)| graph.node(i))
         .find(|n| n.op_type() == "Gather" && n.input.get(1).is_some_and(|s| s == input))
-        .and_then(|n| graph.shape(&n.input[0]).ok().and_then(|s| s.first().copied()))
+        .and_then(|n| {
+            graph
+                .shape(&n.input[0])
+                .ok()
+                .and_then(|s| s.first().copied())
+        })
 }
 
 /// Reads every array of an `.npz` file, keyed by name (int64, int32 or float32).
 pub fn load_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bad = |e: String| Error::InvalidModel(format!("{}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
     let mut npz = NpzReader::new(file).map_err(|e| bad(e.to_string()))?;
     let names = npz.names().map_err(|e| bad(e.to_string()))?;
     let mut arrays = Vec::new();

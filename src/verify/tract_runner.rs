@@ -8,19 +8,35 @@ use crate::onnx::proto::ModelProto;
 use crate::onnx::Tensor as Constant;
 
 fn runtime_error(e: impl std::fmt::Display) -> Error {
-    Error::Runtime { runtime: "tract", message: format!("{e:#}") }
+    Error::Runtime {
+        runtime: "tract",
+        message: format!("{e:#}"),
+    }
 }
 
 /// Runs `model` on the named inputs and returns its float outputs by name.
-pub fn run_tract(model: &ModelProto, inputs: &[(String, Constant)]) -> Result<Vec<(String, ArrayD<f32>)>> {
-    let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidModel("model holds no graph".into()))?;
-    let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+pub fn run_tract(
+    model: &ModelProto,
+    inputs: &[(String, Constant)],
+) -> Result<Vec<(String, ArrayD<f32>)>> {
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::InvalidModel("model holds no graph".into()))?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name()).collect();
     let mut ordered = TVec::new();
-    for input in graph.input.iter().filter(|i| !initializers.contains(i.name())) {
+    for input in graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains(i.name()))
+    {
         let (_, value) = inputs
             .iter()
             .find(|(n, _)| n == input.name())
-            .ok_or_else(|| Error::Verify(format!("no value given for model input '{}'", input.name())))?;
+            .ok_or_else(|| {
+                Error::Verify(format!("no value given for model input '{}'", input.name()))
+            })?;
         let tensor: TValue = match value {
             Constant::I64(a) => a.clone().into_tvalue(),
             Constant::F32(a) => a.clone().into_tvalue(),

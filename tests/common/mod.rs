@@ -6,7 +6,12 @@ use mambalrp::onnx::{self, proto::ModelProto, Tensor};
 use mambalrp::{compile, Options};
 use ndarray::ArrayD;
 
-pub const FIXTURES: [&str; 4] = ["tiny_convbias", "tiny_zerobias", "small_untied", "tiny_bigxproj"];
+pub const FIXTURES: [&str; 4] = [
+    "tiny_convbias",
+    "tiny_zerobias",
+    "small_untied",
+    "tiny_bigxproj",
+];
 pub const EXPORTERS: [&str; 2] = ["", "_dynamo"];
 
 pub fn fixtures_dir() -> PathBuf {
@@ -29,11 +34,18 @@ pub struct Reference {
 impl Reference {
     pub fn load(fixture: &str) -> Reference {
         let path = fixtures_dir().join(format!("{fixture}.ref.npz"));
-        Reference { arrays: mambalrp::verify::load_npz(&path).expect("reference loads") }
+        Reference {
+            arrays: mambalrp::verify::load_npz(&path).expect("reference loads"),
+        }
     }
 
     pub fn get(&self, name: &str) -> &Tensor {
-        &self.arrays.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("reference has no '{name}'")).1
+        &self
+            .arrays
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("reference has no '{name}'"))
+            .1
     }
 
     pub fn f32(&self, name: &str) -> ArrayD<f32> {
@@ -49,8 +61,15 @@ impl Reference {
 }
 
 pub fn compile_with(model: &ModelProto, rules: &str, emit: bool) -> ModelProto {
-    let options = Options { rules: rules.parse().unwrap(), emit_embedding: emit, emit_layers: emit, ..Options::default() };
-    compile(model, &options).unwrap_or_else(|e| panic!("compile failed: {e}")).model
+    let options = Options {
+        rules: rules.parse().unwrap(),
+        emit_embedding: emit,
+        emit_layers: emit,
+        ..Options::default()
+    };
+    compile(model, &options)
+        .unwrap_or_else(|e| panic!("compile failed: {e}"))
+        .model
 }
 
 pub fn run(model: &ModelProto, inputs: &[(String, Tensor)]) -> Vec<(String, ArrayD<f32>)> {
@@ -58,7 +77,11 @@ pub fn run(model: &ModelProto, inputs: &[(String, Tensor)]) -> Vec<(String, Arra
 }
 
 pub fn output<'a>(outputs: &'a [(String, ArrayD<f32>)], name: &str) -> &'a ArrayD<f32> {
-    &outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output '{name}'")).1
+    &outputs
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no output '{name}'"))
+        .1
 }
 
 pub fn max_abs(a: &ArrayD<f32>) -> f32 {
@@ -67,7 +90,9 @@ pub fn max_abs(a: &ArrayD<f32>) -> f32 {
 
 pub fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.iter().zip(b.iter()).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
 /// max |a - b| / max |b|
