@@ -5,8 +5,8 @@ mod source;
 mod target;
 
 pub use outputs::{
-    add_metadata, add_output, RELEVANCE, RELEVANCE_BIAS, RELEVANCE_EMBEDDING, RELEVANCE_LAYERS,
-    RELEVANCE_TARGET_LOGIT,
+    add_metadata, add_output, value_info, RELEVANCE, RELEVANCE_BIAS, RELEVANCE_EMBEDDING,
+    RELEVANCE_LAYERS, RELEVANCE_TARGET_LOGIT,
 };
 pub use source::find_embeddings;
 pub use target::{explain_target, Explained, TargetMode, TARGET_INPUT};

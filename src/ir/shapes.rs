@@ -270,6 +270,18 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
                 shape,
             })
         }
+        "Sum" | "Mean" => {
+            let first = input(0)?;
+            let mut shape = first.shape.clone();
+            for i in 1..node.input.len() {
+                shape = broadcast(&shape, &input(i)?.shape)
+                    .ok_or_else(|| Error::node(node, "operands do not broadcast"))?;
+            }
+            one(ValueType {
+                dtype: first.dtype,
+                shape,
+            })
+        }
         "Where" => {
             let (c, a, b) = (input(0)?, input(1)?, input(2)?);
             let shape = broadcast(&c.shape, &a.shape)

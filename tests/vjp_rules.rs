@@ -1,0 +1,417 @@
+//! Every vector-Jacobian rule, checked in tract against central finite differences of
+//! `<gy, f(x)>` along a random direction (the dot-product test), on small graphs with
+//! broadcasting, constant operands and repeated indices.
+mod common;
+
+use mambalrp::autodiff::{differentiate, Modifiers};
+use mambalrp::ir::Graph;
+use mambalrp::onnx::attributes::{make_int, make_ints};
+use mambalrp::onnx::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+};
+use mambalrp::onnx::Tensor;
+use ndarray::{ArrayD, IxDyn};
+
+struct Case {
+    name: &'static str,
+    x_shape: Vec<usize>,
+    /// (op, extra inputs after x (named constants below), attributes); chained x -> y.
+    op: &'static str,
+    operands: Vec<Operand>,
+    attrs: Vec<AttributeProto>,
+}
+
+enum Operand {
+    X,
+    Const(Tensor),
+}
+
+fn lcg_values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+fn floats(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), lcg_values(n, seed, -1.0, 1.0)).unwrap())
+}
+
+fn ints(values: &[i64], shape: &[usize]) -> Tensor {
+    Tensor::I64(ArrayD::from_shape_vec(IxDyn(shape), values.to_vec()).unwrap())
+}
+
+fn model_for(case: &Case) -> ModelProto {
+    let mut initializers = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, operand) in case.operands.iter().enumerate() {
+        match operand {
+            Operand::X => inputs.push("x".to_string()),
+            Operand::Const(t) => {
+                let name = format!("c{i}");
+                initializers.push(t.to_proto(&name));
+                inputs.push(name);
+            }
+        }
+    }
+    let outputs = if case.op == "Split" {
+        vec!["y_first".to_string(), "y".to_string()]
+    } else {
+        vec!["y".to_string()]
+    };
+    let node = NodeProto {
+        name: Some(format!("{}_under_test", case.op)),
+        op_type: Some(case.op.into()),
+        input: inputs,
+        output: outputs,
+        attribute: case.attrs.clone(),
+        ..Default::default()
+    };
+    let graph = GraphProto {
+        name: Some(case.name.into()),
+        node: vec![node],
+        initializer: initializers,
+        input: vec![mambalrp::emit::value_info("x", 1, &case.x_shape)],
+        output: vec![],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// Returns (<gx, dx>, finite-difference estimate of <gy, J dx>).
+fn dot_product_test(case: &Case) -> (f64, f64) {
+    let model = model_for(case);
+    let mut graph = Graph::from_model(&model).unwrap();
+    let y_shape = graph.shape("y").unwrap().to_vec();
+    graph
+        .proto
+        .input
+        .push(mambalrp::emit::value_info("gy", 1, &y_shape));
+    let mut grads = differentiate(
+        &mut graph,
+        "x",
+        &[("y".into(), "gy".into())],
+        &Modifiers::default(),
+    )
+    .unwrap();
+    let gx = grads
+        .cotangent(&mut graph, "x")
+        .unwrap()
+        .expect("x receives a gradient");
+    mambalrp::emit::add_output(&mut graph, "y", "y_out", &y_shape);
+    mambalrp::emit::add_output(&mut graph, &gx, "gx", &case.x_shape);
+    let mut compiled = model.clone();
+    graph.into_model(&mut compiled);
+
+    let Tensor::F32(x) = positive_floats(&case.x_shape, 1) else {
+        unreachable!()
+    };
+    let Tensor::F32(dx) = floats(&case.x_shape, 2) else {
+        unreachable!()
+    };
+    let Tensor::F32(gy) = floats(&y_shape, 3) else {
+        unreachable!()
+    };
+    let run = |x: &ArrayD<f32>| {
+        let out = mambalrp::verify::run_tract(
+            &compiled,
+            &[
+                ("x".into(), Tensor::F32(x.clone())),
+                ("gy".into(), Tensor::F32(gy.clone())),
+            ],
+        )
+        .unwrap();
+        let get = |n: &str| out.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        (get("y_out"), get("gx"))
+    };
+    let dot = |a: &ArrayD<f32>, b: &ArrayD<f32>| {
+        a.iter()
+            .zip(b.iter())
+            .map(|(p, q)| *p as f64 * *q as f64)
+            .sum::<f64>()
+    };
+    let (_, grad) = run(&x);
+    let h = 1e-2f32;
+    let (plus, _) = run(&(&x + &(&dx * h)));
+    let (minus, _) = run(&(&x - &(&dx * h)));
+    (
+        dot(&grad, &dx),
+        (dot(&gy, &plus) - dot(&gy, &minus)) / (2.0 * h as f64),
+    )
+}
+
+/// Values in [0.5, 1.5], so Div, Sqrt, Reciprocal and Pow stay smooth.
+fn positive_floats(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), lcg_values(n, seed, 0.5, 1.5)).unwrap())
+}
+
+fn case(
+    name: &'static str,
+    op: &'static str,
+    x_shape: &[usize],
+    operands: Vec<Operand>,
+    attrs: Vec<AttributeProto>,
+) -> Case {
+    Case {
+        name,
+        x_shape: x_shape.to_vec(),
+        op,
+        operands,
+        attrs,
+    }
+}
+
+fn float_attr(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(1),
+        f: Some(v),
+        ..Default::default()
+    }
+}
+
+fn cases() -> Vec<Case> {
+    use Operand::{Const, X};
+    let s = [2, 3, 4];
+    vec![
+        case(
+            "matmul_weight",
+            "MatMul",
+            &s,
+            vec![X, Const(floats(&[4, 5], 9))],
+            vec![],
+        ),
+        case(
+            "matmul_broadcast_left",
+            "MatMul",
+            &s,
+            vec![Const(floats(&[3, 3], 9)), X],
+            vec![],
+        ),
+        case("matmul_square", "MatMul", &[2, 3, 3], vec![X, X], vec![]),
+        case(
+            "gemm",
+            "Gemm",
+            &[3, 4],
+            vec![X, Const(floats(&[5, 4], 9)), Const(floats(&[5], 8))],
+            vec![
+                make_int("transB", 1),
+                float_attr("alpha", 0.5),
+                float_attr("beta", 2.0),
+            ],
+        ),
+        case(
+            "gemm_trans_a",
+            "Gemm",
+            &[4, 3],
+            vec![X, Const(floats(&[4, 5], 9))],
+            vec![make_int("transA", 1)],
+        ),
+        case(
+            "add_broadcast",
+            "Add",
+            &s,
+            vec![X, Const(floats(&[4], 9))],
+            vec![],
+        ),
+        case(
+            "sub_from_constant",
+            "Sub",
+            &s,
+            vec![Const(floats(&[3, 1], 9)), X],
+            vec![],
+        ),
+        case(
+            "mul_broadcast",
+            "Mul",
+            &s,
+            vec![X, Const(floats(&[3, 1], 9))],
+            vec![],
+        ),
+        case("mul_square", "Mul", &s, vec![X, X], vec![]),
+        case(
+            "div_numerator",
+            "Div",
+            &s,
+            vec![X, Const(positive_floats(&[4], 9))],
+            vec![],
+        ),
+        case(
+            "div_denominator",
+            "Div",
+            &s,
+            vec![Const(floats(&[1], 9)), X],
+            vec![],
+        ),
+        case("neg", "Neg", &s, vec![X], vec![]),
+        case(
+            "conv_depthwise_causal",
+            "Conv",
+            &s,
+            vec![X, Const(floats(&[3, 1, 3], 9)), Const(floats(&[3], 8))],
+            vec![
+                make_int("group", 3),
+                make_ints("pads", &[2, 2]),
+                make_ints("kernel_shape", &[3]),
+            ],
+        ),
+        case(
+            "conv_strided",
+            "Conv",
+            &[2, 2, 7],
+            vec![X, Const(floats(&[4, 2, 3], 9))],
+            vec![make_ints("pads", &[1, 0]), make_ints("strides", &[2])],
+        ),
+        case(
+            "slice",
+            "Slice",
+            &s,
+            vec![
+                X,
+                Const(ints(&[1], &[1])),
+                Const(ints(&[3], &[1])),
+                Const(ints(&[2], &[1])),
+            ],
+            vec![],
+        ),
+        case(
+            "split_second_part",
+            "Split",
+            &s,
+            vec![X, Const(ints(&[1, 3], &[2]))],
+            vec![make_int("axis", 2)],
+        ),
+        case(
+            "concat_twice",
+            "Concat",
+            &s,
+            vec![X, X],
+            vec![make_int("axis", 1)],
+        ),
+        case(
+            "gather_scalar",
+            "Gather",
+            &s,
+            vec![X, Const(ints(&[1], &[]))],
+            vec![make_int("axis", 1)],
+        ),
+        case(
+            "gather_repeated_indices",
+            "Gather",
+            &s,
+            vec![X, Const(ints(&[2, 0, 2], &[3]))],
+            vec![make_int("axis", 2)],
+        ),
+        case(
+            "unsqueeze",
+            "Unsqueeze",
+            &s,
+            vec![X, Const(ints(&[1], &[1]))],
+            vec![],
+        ),
+        case(
+            "squeeze",
+            "Squeeze",
+            &[2, 1, 4],
+            vec![X, Const(ints(&[1], &[1]))],
+            vec![],
+        ),
+        case(
+            "reshape",
+            "Reshape",
+            &s,
+            vec![X, Const(ints(&[2, -1], &[2]))],
+            vec![],
+        ),
+        case("flatten", "Flatten", &s, vec![X], vec![make_int("axis", 2)]),
+        case(
+            "transpose",
+            "Transpose",
+            &s,
+            vec![X],
+            vec![make_ints("perm", &[2, 0, 1])],
+        ),
+        case(
+            "expand",
+            "Expand",
+            &[3, 1],
+            vec![X, Const(ints(&[2, 3, 4], &[3]))],
+            vec![],
+        ),
+        case("cast", "Cast", &s, vec![X], vec![make_int("to", 1)]),
+        case("identity", "Identity", &s, vec![X], vec![]),
+        case(
+            "reduce_sum",
+            "ReduceSum",
+            &s,
+            vec![X, Const(ints(&[1], &[1]))],
+            vec![make_int("keepdims", 0)],
+        ),
+        case(
+            "reduce_mean",
+            "ReduceMean",
+            &s,
+            vec![X],
+            vec![make_ints("axes", &[-1])],
+        ),
+        case(
+            "pow",
+            "Pow",
+            &s,
+            vec![X, Const(Tensor::F32(ndarray::arr0(3.0f32).into_dyn()))],
+            vec![],
+        ),
+        case("sqrt", "Sqrt", &s, vec![X], vec![]),
+        case("reciprocal", "Reciprocal", &s, vec![X], vec![]),
+        case("sigmoid", "Sigmoid", &s, vec![X], vec![]),
+        case("exp", "Exp", &s, vec![X], vec![]),
+        case("softplus", "Softplus", &s, vec![X], vec![]),
+        case("tanh", "Tanh", &s, vec![X], vec![]),
+        case(
+            "where",
+            "Where",
+            &s,
+            vec![
+                Const(Tensor::Bool(ArrayD::from_shape_fn(IxDyn(&[4]), |i| {
+                    i[0] % 2 == 0
+                }))),
+                X,
+                Const(floats(&[1], 9)),
+            ],
+            vec![],
+        ),
+        case("sum", "Sum", &s, vec![X, Const(floats(&[4], 9)), X], vec![]),
+    ]
+}
+
+#[test]
+fn every_vjp_rule_agrees_with_finite_differences() {
+    let mut failures = Vec::new();
+    for case in cases() {
+        let (analytic, numeric) = dot_product_test(&case);
+        let err = (analytic - numeric).abs() / numeric.abs().max(1e-3);
+        println!("{:<28} <J^T gy, dx> = {analytic:+.6}  finite difference {numeric:+.6}  rel err {err:.1e}", case.name);
+        if err > 2e-3 {
+            failures.push(case.name);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "VJP rules disagree with finite differences: {failures:?}"
+    );
+}
