@@ -98,3 +98,48 @@ pub fn load_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     }
     Ok(arrays)
 }
+
+/// Checks `inputs` (read from `source`) against the model's inputs: every name known, none
+/// missing, same data type and shape, token ids inside the embedding table.
+pub fn validate_inputs(graph: &Graph, inputs: &[(String, Tensor)], source: &str) -> Result<()> {
+    let expected = graph.graph_input_names();
+    let bad = |message: String| Err(Error::InvalidModel(format!("{source}: {message}")));
+    for (name, _) in inputs {
+        if !expected.contains(name) {
+            return bad(format!(
+                "array '{name}' is not an input of the model, which takes {}",
+                expected.join(", ")
+            ));
+        }
+    }
+    for name in &expected {
+        let Some((_, value)) = inputs.iter().find(|(n, _)| n == name) else {
+            return bad(format!("no array for model input '{name}'"));
+        };
+        let t = graph.value_type(name)?;
+        let wanted_dtype = match t.dtype {
+            6 | 7 => 7,
+            other => other,
+        };
+        if value.dtype() != wanted_dtype {
+            return bad(format!(
+                "input '{name}' has data type {} but the model wants {}",
+                value.dtype(),
+                t.dtype
+            ));
+        }
+        if value.shape() != t.shape.as_slice() {
+            return bad(format!(
+                "input '{name}' has shape {:?} but the model wants {:?}",
+                value.shape(),
+                t.shape
+            ));
+        }
+        if let (Tensor::I64(ids), Some(vocab)) = (value, vocabulary_size(graph, name)) {
+            if let Some(id) = ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
+                return bad(format!("input '{name}' holds token id {id}, outside the embedding table of {vocab} rows"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,27 +1,25 @@
-//! `mambalrp-compile`: the command-line front end. Exit codes: 0 success, 1 verification failed
-//! (original outputs changed or relevance not conserved), 2 bad input, usage or compile error.
+//! `mambalrp-compile MODEL -o OUT`: compile, verify, write.
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::Parser;
 use mambalrp::emit::TargetMode;
 use mambalrp::rules::RuleSet;
-use mambalrp::verify::{self, VerifyReport};
+use mambalrp::verify::{self, Runtime, VerifyReport};
 use mambalrp::{compile, onnx, CompileReport, Options};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "mambalrp-compile",
-    version,
-    about = "Compile a Mamba ONNX model into one that also outputs MambaLRP relevances"
-)]
-struct Cli {
+use crate::Outcome;
+
+/// Largest change of an original output accepted as "unchanged" by the verification.
+const ORIGINAL_OUTPUT_TOLERANCE: f32 = 1e-5;
+
+#[derive(clap::Args, Debug)]
+pub struct CompileArgs {
     /// The exported Mamba model (.onnx).
-    model: PathBuf,
+    #[arg(required = true)]
+    model: Option<PathBuf>,
     /// Where to write the compiled model.
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(short, long, required = true)]
+    output: Option<PathBuf>,
     /// Rule set: `mambalrp` (all four), `gi` (plain gradient x input), or a list of silu,norm,ssm,gate.
     #[arg(long, default_value = "mambalrp")]
     rules: RuleSet,
@@ -31,9 +29,12 @@ struct Cli {
     /// Which class is explained: the argmax, or a new int64 input `lrp_target` [batch].
     #[arg(long, value_enum, default_value = "argmax")]
     target: Target,
-    /// Skip running the original and compiled models in tract after compiling.
+    /// Skip running the original and compiled models after compiling.
     #[arg(long)]
     no_verify: bool,
+    /// Runtime for the verification: tract (embedded) or ort (ONNX Runtime).
+    #[arg(long, default_value = "tract")]
+    verify_runtime: Runtime,
     /// Inputs for verification (.npz keyed by input name); default: deterministic generated tokens.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -69,32 +70,30 @@ struct Report<'a> {
     conserved: Option<bool>,
 }
 
-enum Outcome {
-    Ok,
-    VerificationFailed,
-}
-
-fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    if same_file(&cli.model, &cli.output) {
+pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
+    let (Some(model_path), Some(output_path)) = (&args.model, &args.output) else {
+        bail!("MODEL and -o OUTPUT are required");
+    };
+    if same_file(model_path, output_path) {
         bail!(
             "refusing to overwrite the input model {} with the output",
-            cli.model.display()
+            model_path.display()
         );
     }
-    let model = onnx::load_model(&cli.model)?;
+    let model = onnx::load_model(model_path)?;
     let options = Options {
-        rules: cli.rules.clone(),
-        target: match cli.target {
+        rules: args.rules.clone(),
+        target: match args.target {
             Target::Argmax => TargetMode::Argmax,
             Target::Input => TargetMode::Input,
         },
-        emit_embedding: cli.emit.contains(&Emit::Embedding),
-        emit_layers: cli.emit.contains(&Emit::Layers),
+        emit_embedding: args.emit.contains(&Emit::Embedding),
+        emit_layers: args.emit.contains(&Emit::Layers),
     };
     let compiled = compile(&model, &options)
-        .with_context(|| format!("cannot compile {}", cli.model.display()))?;
+        .with_context(|| format!("cannot compile {}", model_path.display()))?;
     let report = &compiled.report;
-    if cli.explain_matches {
+    if args.explain_matches {
         println!("rule sites ({}):", report.sites.len());
         report.sites.iter().for_each(|s| println!("  + {s}"));
         println!(
@@ -107,33 +106,29 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             .for_each(|s| println!("  - {s}"));
     }
 
-    let verification = if cli.no_verify {
+    let verification = if args.no_verify {
         None
     } else {
-        let graph = mambalrp::ir::Graph::from_model(&compiled.model)?;
-        let inputs = match &cli.input {
-            Some(path) => verify::load_npz(path)?,
-            None => verify::generated_inputs(&graph)?,
-        };
+        let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
         Some(
-            verify::verify(&model, &compiled.model, &inputs)
+            verify::verify(args.verify_runtime, &model, &compiled.model, &inputs)
                 .context("verification could not run")?,
         )
     };
     let conserved = verification
         .as_ref()
         .filter(|_| options.rules.is_complete())
-        .map(|v| v.max_relative_residual <= cli.tolerance);
+        .map(|v| v.max_relative_residual <= args.tolerance);
     let unchanged = verification.as_ref().is_none_or(|v| {
         v.original_outputs_max_abs_diff
             .iter()
-            .all(|(_, d)| *d <= 1e-5)
+            .all(|(_, d)| *d <= ORIGINAL_OUTPUT_TOLERANCE)
     });
 
     println!(
         "compiled {} -> {} (rules {}, {} nodes -> {}, relevance path {} nodes, sites: {})",
-        cli.model.display(),
-        cli.output.display(),
+        model_path.display(),
+        output_path.display(),
         report.rules,
         report.nodes_original,
         report.nodes_compiled,
@@ -141,40 +136,18 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         serde_json::to_string(&report.site_counts)?
     );
     if let Some(v) = &verification {
-        for (name, diff) in &v.original_outputs_max_abs_diff {
-            println!("  original output '{name}': max |compiled - original| = {diff:.2e}");
-        }
-        for s in &v.samples {
-            println!(
-                "  sample {}: logit {:.6}  sum(relevance) {:.6}  bias {:.6}  residual {:.2e}",
-                s.sample, s.explained_logit, s.relevance_sum, s.relevance_bias, s.relative_residual
-            );
-        }
-        match conserved {
-            Some(true) => println!(
-                "  conservation: OK (max residual {:.2e} <= {:.0e})",
-                v.max_relative_residual, cli.tolerance
-            ),
-            Some(false) => println!(
-                "  conservation: FAILED (max residual {:.2e} > {:.0e})",
-                v.max_relative_residual, cli.tolerance
-            ),
-            None => println!(
-                "  conservation: not checked (rules '{}' do not conserve relevance)",
-                report.rules
-            ),
-        }
+        print_verification(v, conserved, args.tolerance, &report.rules);
     }
     let passed = unchanged && conserved != Some(false);
     if passed {
-        onnx::save_model_atomically(&compiled.model, &cli.output)?;
+        onnx::save_model_atomically(&compiled.model, output_path)?;
     } else {
         println!("  nothing written: verification failed");
     }
-    if let Some(path) = &cli.report {
+    if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&Report {
-            model: &cli.model,
-            output: &cli.output,
+            model: model_path,
+            output: output_path,
             compile: report,
             verification: verification.as_ref(),
             conserved,
@@ -182,27 +155,39 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         onnx::io::write_atomically(path, &json)?;
     }
     Ok(if passed {
-        Outcome::Ok
+        Outcome::Passed
     } else {
-        Outcome::VerificationFailed
+        Outcome::Failed
     })
+}
+
+fn print_verification(v: &VerifyReport, conserved: Option<bool>, tolerance: f32, rules: &str) {
+    println!("  verified in {}:", v.runtime);
+    for (name, diff) in &v.original_outputs_max_abs_diff {
+        println!("  original output '{name}': max |compiled - original| = {diff:.2e}");
+    }
+    for s in &v.samples {
+        println!(
+            "  sample {}: logit {:.6}  sum(relevance) {:.6}  bias {:.6}  residual {:.2e}",
+            s.sample, s.explained_logit, s.relevance_sum, s.relevance_bias, s.relative_residual
+        );
+    }
+    match conserved {
+        Some(true) => println!(
+            "  conservation: OK (max residual {:.2e} <= {tolerance:.0e})",
+            v.max_relative_residual
+        ),
+        Some(false) => println!(
+            "  conservation: FAILED (max residual {:.2e} > {tolerance:.0e})",
+            v.max_relative_residual
+        ),
+        None => println!("  conservation: not checked (rules '{rules}' do not conserve relevance)"),
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
-    }
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(Outcome::Ok) => ExitCode::SUCCESS,
-        Ok(Outcome::VerificationFailed) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
     }
 }

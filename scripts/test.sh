@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need, then runs every test.
+#  1. a small virtualenv (.venv-test) with onnxruntime (whose shared library the `ort` crate
+#     loads), onnx (its checker) and numpy; no torch;
+#  2. cargo test: compiler, references, tract and ONNX Runtime, onnx.checker, CLI;
+#  3. both deployment examples on a bundled fixture, so they never rot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv-test
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+
+ORT_DYLIB_PATH="$(ls "$PWD"/$VENV/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
+export ORT_DYLIB_PATH
+export MAMBALRP_PYTHON="$PWD/$VENV/bin/python"
+
+cargo test --locked
+
+echo "== examples on the bundled tiny model"
+out=target/examples-check
+mkdir -p "$out"
+cargo run --locked --quiet -- models/fixtures/tiny_convbias.onnx -o "$out/tiny_convbias_lrp.onnx" --verify-runtime ort
+"$MAMBALRP_PYTHON" examples/python_onnxruntime.py "$out/tiny_convbias_lrp.onnx"
+cargo run --locked --quiet --example ort_explain -- "$out/tiny_convbias_lrp.onnx"
+echo "examples: 2 passed, 0 failed"

@@ -1,0 +1,149 @@
+//! Runs a model in ONNX Runtime through the `ort` crate, loading the `libonnxruntime` shared
+//! library that the `onnxruntime` PyPI wheel ships (found by `ORT_DYLIB_PATH`, or else in the
+//! wheel installed for `python3` on the PATH).
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use ndarray::ArrayD;
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{DynValue, Tensor as OrtTensor};
+
+use crate::error::{Error, Result};
+use crate::onnx::io::encode_model;
+use crate::onnx::proto::ModelProto;
+use crate::onnx::Tensor;
+
+const INSTALL_HINT: &str =
+    "install ONNX Runtime with `pip install onnxruntime==1.31.1` (or run the README's test \
+    command, which does), or set ORT_DYLIB_PATH to its libonnxruntime.so";
+
+fn runtime_error(e: impl std::fmt::Display) -> Error {
+    Error::Runtime {
+        runtime: "onnxruntime",
+        message: e.to_string(),
+    }
+}
+
+/// Where the ONNX Runtime shared library is: `ORT_DYLIB_PATH`, or the `onnxruntime` wheel of the
+/// `python3` on the PATH (`site-packages/onnxruntime/capi/libonnxruntime.so.*`).
+pub fn ort_library_path() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(runtime_error(format!(
+                "ORT_DYLIB_PATH={} is not a file; {INSTALL_HINT}",
+                path.display()
+            )))
+        };
+    }
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))"])
+        .output();
+    let folder = match probe {
+        Ok(out) if out.status.success() => PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        _ => return Err(runtime_error(format!("ONNX Runtime not found: ORT_DYLIB_PATH is unset and python3 cannot import onnxruntime; {INSTALL_HINT}"))),
+    };
+    let library = std::fs::read_dir(&folder)
+        .map_err(|e| runtime_error(format!("{}: {e}", folder.display())))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
+        })
+        .max();
+    library.ok_or_else(|| {
+        runtime_error(format!(
+            "no libonnxruntime.so* in {}; {INSTALL_HINT}",
+            folder.display()
+        ))
+    })
+}
+
+/// The process-wide ONNX Runtime environment (ONNX Runtime allows one per process).
+fn environment() -> Result<&'static Environment> {
+    static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = ort_library_path().map_err(|e| e.to_string())?;
+            let builder = ort::init_from(&path)
+                .map_err(|e| format!("cannot load {}: {e}; {INSTALL_HINT}", path.display()))?;
+            builder
+                .with_name("mambalrp")
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|message| Error::Runtime {
+            runtime: "onnxruntime",
+            message: message.clone(),
+        })
+}
+
+/// A model loaded into an ONNX Runtime CPU session with all graph optimizations (ORT_ENABLE_ALL).
+pub struct OrtModel {
+    session: Session,
+}
+
+impl OrtModel {
+    pub fn new(model: &ModelProto) -> Result<OrtModel> {
+        let bytes = encode_model(model);
+        let session = Session::builder(environment()?)
+            .and_then(|b| {
+                b.with_optimization_level(GraphOptimizationLevel::All)
+                    .map_err(Into::into)
+            })
+            .and_then(|mut b| b.commit_from_memory(&bytes))
+            .map_err(runtime_error)?;
+        Ok(OrtModel { session })
+    }
+
+    /// Runs on the named inputs; returns the float32 outputs by name, in graph order.
+    pub fn run(&mut self, inputs: &[(String, Tensor)]) -> Result<Vec<(String, ArrayD<f32>)>> {
+        let mut feed: Vec<(String, DynValue)> = Vec::new();
+        for outlet in self.session.inputs() {
+            let name = outlet.name().to_string();
+            let (_, value) = inputs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| Error::Verify(format!("no value given for model input '{name}'")))?;
+            let value: DynValue = match value {
+                Tensor::F32(a) => OrtTensor::from_array(a.clone())
+                    .map_err(runtime_error)?
+                    .into_dyn(),
+                Tensor::I64(a) => OrtTensor::from_array(a.clone())
+                    .map_err(runtime_error)?
+                    .into_dyn(),
+                Tensor::Bool(a) => OrtTensor::from_array(a.clone())
+                    .map_err(runtime_error)?
+                    .into_dyn(),
+            };
+            feed.push((name, value));
+        }
+        let names: Vec<String> = self
+            .session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let outputs = self.session.run(feed).map_err(runtime_error)?;
+        let mut result = Vec::new();
+        for name in names {
+            if let Ok(array) = outputs[name.as_str()].try_extract_array::<f32>() {
+                result.push((name, array.to_owned()));
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// Runs `model` once in ONNX Runtime.
+pub fn run_ort(
+    model: &ModelProto,
+    inputs: &[(String, Tensor)],
+) -> Result<Vec<(String, ArrayD<f32>)>> {
+    OrtModel::new(model)?.run(inputs)
+}

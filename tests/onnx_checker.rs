@@ -1,0 +1,58 @@
+//! Every compiled fixture (each rule mode, both target modes) passes the Python `onnx` package's
+//! `onnx.checker.check_model(..., full_check=True)`. The README's test command installs `onnx`
+//! in .venv-test and points MAMBALRP_PYTHON at it.
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use mambalrp::emit::TargetMode;
+use mambalrp::{compile, Options};
+
+fn python() -> PathBuf {
+    std::env::var_os("MAMBALRP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python"))
+}
+
+#[test]
+fn compiled_fixtures_pass_the_full_onnx_checker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for fixture in FIXTURES {
+        for exporter in EXPORTERS {
+            let model = load(fixture, exporter);
+            for (label, rules, target) in [
+                ("lrp", "mambalrp", TargetMode::Argmax),
+                ("gi", "gi", TargetMode::Argmax),
+                ("target", "mambalrp", TargetMode::Input),
+            ] {
+                let options = Options {
+                    rules: rules.parse().unwrap(),
+                    target,
+                    emit_embedding: true,
+                    emit_layers: true,
+                };
+                let compiled = compile(&model, &options).unwrap().model;
+                let path = dir.path().join(format!("{fixture}{exporter}_{label}.onnx"));
+                mambalrp::onnx::save_model_atomically(&compiled, &path).unwrap();
+                files.push(path);
+            }
+        }
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_models.py");
+    let result = Command::new(python()).arg(script).args(&files).output().unwrap_or_else(|e| {
+        panic!("cannot run {} ({e}): run the README's test command (bash scripts/test.sh), which installs onnx", python().display())
+    });
+    let printed = String::from_utf8_lossy(&result.stdout);
+    println!("{printed}{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "onnx.checker rejected compiled models:\n{printed}"
+    );
+    assert_eq!(
+        printed.lines().filter(|l| l.starts_with("ok")).count(),
+        files.len()
+    );
+}

@@ -1,0 +1,99 @@
+//! The compiled fixtures in ONNX Runtime (CPU, ORT_ENABLE_ALL): same tolerances as in tract, and
+//! the two runtimes agree. Needs the onnxruntime wheel's shared library (the README's test
+//! command installs it); without it these tests fail saying how to install it.
+mod common;
+
+use common::*;
+use mambalrp::verify::{conservation, run_ort};
+
+const TOLERANCE: f32 = 1e-5;
+
+fn zero_bias(fixture: &str) -> bool {
+    matches!(fixture, "tiny_zerobias" | "small_untied")
+}
+
+fn ort(
+    model: &mambalrp::onnx::proto::ModelProto,
+    inputs: &[(String, mambalrp::onnx::Tensor)],
+) -> Vec<(String, ndarray::ArrayD<f32>)> {
+    run_ort(model, inputs).unwrap_or_else(|e| panic!("ONNX Runtime is needed for this test: {e}"))
+}
+
+fn check_in_onnxruntime(fixture: &str, exporter: &str) {
+    let model = load(fixture, exporter);
+    let reference = Reference::load(fixture);
+    let inputs = reference.inputs();
+    let original = ort(&model, &inputs);
+    for rules in ["mambalrp", "gi"] {
+        let compiled = compile_with(&model, rules, true);
+        let outputs = ort(&compiled, &inputs);
+        let change = max_abs_diff(output(&outputs, "logits"), output(&original, "logits"));
+        assert!(
+            change <= 1e-6,
+            "{fixture}{exporter} {rules}: logits changed by {change:.2e} in ONNX Runtime"
+        );
+        for name in ["relevance", "relevance_embedding"] {
+            let err = relative_error(
+                output(&outputs, name),
+                &reference.f32(&format!("{rules}_{name}")),
+            );
+            println!("{fixture}{exporter} {rules} {name}: ORT vs PyTorch {err:.2e}");
+            assert!(
+                err <= TOLERANCE,
+                "{fixture}{exporter} {rules}: {name} off by {err:.2e} in ONNX Runtime"
+            );
+        }
+        let in_tract = run(&compiled, &inputs);
+        for name in [
+            "relevance",
+            "relevance_embedding",
+            "relevance_layers",
+            "relevance_bias",
+            "relevance_target_logit",
+        ] {
+            let diff = max_abs_diff(output(&outputs, name), output(&in_tract, name));
+            let scale = max_abs(output(&in_tract, name)).max(
+                max_abs(output(&in_tract, "relevance_target_logit"))
+                    * f32::from(name == "relevance_bias"),
+            );
+            println!("{fixture}{exporter} {rules} {name}: max |ORT - tract| = {diff:.2e} (relative {:.2e})", diff / scale);
+            assert!(
+                diff <= TOLERANCE * scale,
+                "{fixture}{exporter} {rules}: {name} differs between ORT and tract by {diff:.2e}"
+            );
+        }
+        if rules == "mambalrp" {
+            for sample in conservation(&outputs).unwrap() {
+                assert!(
+                    sample.relative_residual <= TOLERANCE,
+                    "{fixture}{exporter}: not conserved in ONNX Runtime: {sample:?}"
+                );
+            }
+            if zero_bias(fixture) {
+                assert_eq!(max_abs(output(&outputs, "relevance_bias")), 0.0);
+            }
+        }
+    }
+}
+
+macro_rules! onnxruntime_tests {
+    ($($name:ident: $fixture:literal, $exporter:literal;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                check_in_onnxruntime($fixture, $exporter);
+            }
+        )*
+    };
+}
+
+onnxruntime_tests! {
+    tiny_convbias_torchscript_in_onnxruntime: "tiny_convbias", "";
+    tiny_convbias_dynamo_in_onnxruntime: "tiny_convbias", "_dynamo";
+    tiny_zerobias_torchscript_in_onnxruntime: "tiny_zerobias", "";
+    tiny_zerobias_dynamo_in_onnxruntime: "tiny_zerobias", "_dynamo";
+    small_untied_torchscript_in_onnxruntime: "small_untied", "";
+    small_untied_dynamo_in_onnxruntime: "small_untied", "_dynamo";
+    tiny_bigxproj_torchscript_in_onnxruntime: "tiny_bigxproj", "";
+    tiny_bigxproj_dynamo_in_onnxruntime: "tiny_bigxproj", "_dynamo";
+}
