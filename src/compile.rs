@@ -76,9 +76,15 @@ pub fn find_matches(graph: &Graph) -> Result<(String, Matches)> {
     Ok((embeddings, rules::match_all(graph, &dependent)))
 }
 
+/// Compiles a copy of `model`.
 pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
-    let mut graph = Graph::from_model(model)?;
-    check_versions(model, &graph)?;
+    compile_owned(model.clone(), options)
+}
+
+/// Compiles `model` in place of itself: the weights are never copied.
+pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compiled> {
+    let mut graph = Graph::take_from(&mut model)?;
+    check_versions(&model, &graph)?;
     let nodes_original = graph.nodes().len();
     for name in [
         emit::RELEVANCE,
@@ -203,7 +209,7 @@ pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
         opset: graph.opset,
         outputs: outputs.iter().map(|(_, n, _)| n.to_string()).collect(),
     };
-    let mut compiled = model.clone();
+    let mut compiled = model;
     graph.into_model(&mut compiled);
     emit::add_metadata(
         &mut compiled,

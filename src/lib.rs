@@ -12,5 +12,5 @@ pub mod onnx;
 pub mod rules;
 pub mod verify;
 
-pub use compile::{compile, CompileReport, Compiled, Options};
+pub use compile::{compile, compile_owned, CompileReport, Compiled, Options};
 pub use error::{Error, Result};

@@ -21,8 +21,8 @@ pub fn find_embeddings(graph: &Graph) -> Result<String> {
     {
         let table = graph.value_type(&node.input[0]);
         let ids = graph.value_type(&node.input[1]);
-        let looks_up_tokens =
-            inputs.contains(&node.input[1]) && ids.is_ok_and(|t| matches!(t.dtype, 6 | 7));
+        let looks_up_tokens = inputs.contains(&node.input[1])
+            && ids.is_ok_and(|t| matches!(t.dtype, 6 | 7) && t.rank() == 2);
         if graph.is_initializer(&node.input[0])
             && table.is_ok_and(|t| t.rank() == 2 && t.dtype == 1)
             && looks_up_tokens

@@ -39,6 +39,11 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
         [b, v] => (b, v, None),
         _ => return Err(Error::Unsupported(format!("output '{logits}' has shape {shape:?}; expected [batch, seq, vocab] or [batch, classes]"))),
     };
+    if shape.contains(&0) {
+        return Err(Error::Unsupported(format!(
+            "output '{logits}' has an empty dimension: {shape:?}"
+        )));
+    }
     let last = match positions {
         Some(s) => {
             let index = graph.scalar_i64(s as i64 - 1);

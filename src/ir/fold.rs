@@ -157,7 +157,11 @@ fn evaluate_integer(graph: &Graph, node: &NodeProto) -> Result<Option<Tensor>> {
         }
         "Slice" => {
             let mut view = x.view();
-            for (axis, s, e, st) in slice_spec(graph, node, x.shape())? {
+            let spec = slice_spec(graph, node, x.shape())?;
+            if spec.iter().any(|&(_, _, _, step)| step != 1) {
+                return Ok(None);
+            }
+            for (axis, s, e, st) in spec {
                 view.slice_axis_inplace(
                     Axis(axis),
                     ndarray::Slice::new(s as isize, Some(e as isize), st as isize),

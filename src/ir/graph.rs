@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
-use crate::onnx::tensor::tensor_from_proto;
+use crate::onnx::tensor::{tensor_from_proto, validate_tensor};
 use crate::onnx::{attributes, Tensor};
 
 /// Constants above this many elements are never decoded: the compiler only needs small ones
@@ -42,9 +42,20 @@ pub struct Graph {
 impl Graph {
     /// Builds the view of `model`'s main graph and infers static types for every value.
     pub fn from_model(model: &ModelProto) -> Result<Graph> {
+        let mut shell = ModelProto {
+            graph: model.graph.clone(),
+            opset_import: model.opset_import.clone(),
+            ..Default::default()
+        };
+        Graph::take_from(&mut shell)
+    }
+
+    /// Like [`Graph::from_model`], but moves the graph out of `model` instead of copying the
+    /// weights; [`Graph::into_model`] puts it back.
+    pub fn take_from(model: &mut ModelProto) -> Result<Graph> {
         let proto = model
             .graph
-            .clone()
+            .take()
             .ok_or_else(|| Error::InvalidModel("model holds no graph".into()))?;
         let opset = model
             .opset_import
@@ -78,6 +89,7 @@ impl Graph {
 
     fn index(&mut self) -> Result<()> {
         for init in &self.proto.initializer {
+            validate_tensor(init)?;
             let name = init.name().to_string();
             self.used_names.insert(name.clone());
             self.initializer_names.insert(name.clone());
@@ -125,6 +137,7 @@ impl Graph {
 
     fn index_node(&mut self, index: usize) -> Result<()> {
         let node = &self.proto.node[index];
+        super::arity::check(node, self.opset)?;
         self.used_names.insert(node.name().to_string());
         for (slot, output) in node.output.iter().enumerate() {
             if output.is_empty() {

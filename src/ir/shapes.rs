@@ -26,6 +26,7 @@ pub(super) fn infer(graph: &mut Graph) -> Result<()> {
     }
     for input in &graph.proto.input {
         if let Some(t) = hints.get(input.name()) {
+            check_size(input.name(), &t.shape)?;
             graph
                 .types
                 .entry(input.name().to_string())
@@ -38,6 +39,7 @@ pub(super) fn infer(graph: &mut Graph) -> Result<()> {
             Ok(types) => {
                 for (name, t) in node.output.iter().zip(types) {
                     if let Some(t) = t {
+                        check_size(name, &t.shape)?;
                         graph.types.insert(name.clone(), t);
                     }
                 }
@@ -321,6 +323,9 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
         }
         "Gemm" => {
             let (a, b) = (input(0)?, input(1)?);
+            if a.rank() != 2 || b.rank() != 2 {
+                return Err(Error::node(node, "Gemm operands must be matrices"));
+            }
             let ta = attributes::int(node, "transA").unwrap_or(0) == 1;
             let tb = attributes::int(node, "transB").unwrap_or(0) == 1;
             let m = if ta { a.shape[1] } else { a.shape[0] };
@@ -334,6 +339,14 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
             let x = input(0)?;
             let perm = attributes::ints(node, "perm")
                 .unwrap_or_else(|| (0..x.rank() as i64).rev().collect());
+            let mut sorted = perm.clone();
+            sorted.sort_unstable();
+            if sorted != (0..x.rank() as i64).collect::<Vec<_>>() {
+                return Err(Error::node(
+                    node,
+                    format!("perm {perm:?} is not a permutation of {} axes", x.rank()),
+                ));
+            }
             let shape = perm
                 .iter()
                 .map(|&p| x.shape.get(p as usize).copied())
@@ -441,7 +454,19 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
             let mut shape = first.shape.clone();
             shape[axis] = 0;
             for i in 0..node.input.len() {
-                shape[axis] += input(i)?.shape.get(axis).copied().unwrap_or(0);
+                let part = input(i)?.shape;
+                let agrees = part.len() == first.rank()
+                    && (0..part.len()).all(|d| d == axis || part[d] == first.shape[d]);
+                if !agrees {
+                    return Err(Error::node(
+                        node,
+                        format!(
+                            "Concat inputs {:?} and {part:?} do not line up on axis {axis}",
+                            first.shape
+                        ),
+                    ));
+                }
+                shape[axis] += part[axis];
             }
             one(ValueType {
                 dtype: first.dtype,
@@ -490,6 +515,31 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
             let pads = attributes::ints(node, "pads").unwrap_or_else(|| vec![0; 2 * spatial]);
             let strides = attributes::ints(node, "strides").unwrap_or_else(|| vec![1; spatial]);
             let dilations = attributes::ints(node, "dilations").unwrap_or_else(|| vec![1; spatial]);
+            let group = attributes::int(node, "group").unwrap_or(1);
+            if pads.len() != 2 * spatial || strides.len() != spatial || dilations.len() != spatial {
+                return Err(Error::node(
+                    node,
+                    "Conv pads, strides or dilations do not match the spatial rank",
+                ));
+            }
+            if strides.iter().chain(&dilations).any(|&v| v < 1)
+                || pads.iter().any(|&p| p < 0)
+                || group < 1
+            {
+                return Err(Error::node(
+                    node,
+                    "Conv strides, dilations and group must be positive, pads non-negative",
+                ));
+            }
+            if x.shape[1] as i64 != w.shape[1] as i64 * group || w.shape[0] as i64 % group != 0 {
+                return Err(Error::node(
+                    node,
+                    format!(
+                        "Conv channels do not match: input {:?}, weight {:?}, group {group}",
+                        x.shape, w.shape
+                    ),
+                ));
+            }
             let mut shape = vec![x.shape[0], w.shape[0]];
             for i in 0..spatial {
                 let padded = x.shape[2 + i] as i64 + pads[i] + pads[i + spatial];
@@ -592,7 +642,12 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
             );
             match (s, l, d) {
                 (Some(s), Some(l), Some(d)) => {
-                    let (s, l, d) = (s.to_f64_vec()[0], l.to_f64_vec()[0], d.to_f64_vec()[0]);
+                    let scalar =
+                        |t: &crate::onnx::Tensor| t.to_f64_vec().first().copied().unwrap_or(0.0);
+                    let (s, l, d) = (scalar(s), scalar(l), scalar(d));
+                    if d == 0.0 || !(s.is_finite() && l.is_finite() && d.is_finite()) {
+                        return Err(Error::node(node, "Range needs a finite, non-zero step"));
+                    }
                     let n = ((l - s) / d).ceil().max(0.0) as usize;
                     one(ValueType {
                         dtype: input(0)?.dtype,
@@ -651,4 +706,18 @@ pub fn reshape_target(input: &[usize], target: &[i64], node: &NodeProto) -> Resu
         ));
     }
     Ok(shape)
+}
+
+/// Largest tensor the compiler accepts (2^40 elements): beyond that a file's dims are absurd.
+const MAX_ELEMENTS: usize = 1 << 40;
+
+pub fn check_size(name: &str, shape: &[usize]) -> Result<()> {
+    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    match count {
+        Some(n) if n <= MAX_ELEMENTS => Ok(()),
+        _ => Err(Error::tensor(
+            name,
+            format!("absurd shape {shape:?} (more than 2^40 elements)"),
+        )),
+    }
 }

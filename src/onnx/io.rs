@@ -8,12 +8,16 @@ use prost::Message;
 use super::proto::ModelProto;
 use crate::error::{Error, Result};
 
+/// Reads a model and any external data it references (from its own folder only).
 pub fn load_model(path: &Path) -> Result<ModelProto> {
     let bytes = std::fs::read(path).map_err(|source| Error::Read {
         path: path.into(),
         source,
     })?;
-    decode_model(&bytes, path)
+    let mut model = decode_model(&bytes, path)?;
+    drop(bytes);
+    super::external::load_external_data(&mut model, path)?;
+    Ok(model)
 }
 
 pub fn decode_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
@@ -40,15 +44,7 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
 /// Writes `bytes` to `path` through a temporary file in the same folder, so readers never see a
 /// partial file and a failed write leaves nothing behind.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = folder.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let temp = temp_path(path);
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(bytes)?;
@@ -64,6 +60,48 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// A hidden temporary name next to `path`, for write-then-rename.
+pub fn temp_path(path: &Path) -> std::path::PathBuf {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()))
+}
+
+/// Protobuf messages cannot exceed 2 GiB.
+const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
+
 pub fn save_model_atomically(model: &ModelProto, path: &Path) -> Result<()> {
+    if model.encoded_len() > PROTOBUF_LIMIT {
+        return Err(Error::Unsupported(format!(
+            "{} would exceed the 2 GiB protobuf limit; write it with external data",
+            path.display()
+        )));
+    }
     write_atomically(path, &encode_model(model))
+}
+
+/// Writes the model with its large initializers in `PATH.data` next to it (the data file
+/// first, so the model never references a missing file).
+pub fn save_model_with_external_data(mut model: ModelProto, path: &Path) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    super::external::write_external_data(
+        &mut model,
+        &path.with_file_name(format!("{file_name}.data")),
+    )?;
+    save_model_atomically(&model, path)
+}
+
+/// Writes the model inline, or with external data when asked to or when it would not fit in
+/// one protobuf message.
+pub fn save_model(model: ModelProto, path: &Path, external_data: bool) -> Result<()> {
+    if external_data || model.encoded_len() > PROTOBUF_LIMIT {
+        save_model_with_external_data(model, path)
+    } else {
+        save_model_atomically(&model, path)
+    }
 }

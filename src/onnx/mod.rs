@@ -1,5 +1,6 @@
 //! ONNX protobuf types (generated from `proto/onnx.proto`), file I/O and tensor conversion.
 pub mod attributes;
+pub mod external;
 pub mod io;
 pub mod tensor;
 

@@ -172,3 +172,91 @@ pub fn tensor_from_proto(proto: &TensorProto) -> Result<Option<Tensor>> {
     };
     Ok(Some(tensor))
 }
+
+/// Bits per element of the data types whose size is fixed.
+fn element_bits(data_type: i32) -> Option<usize> {
+    Some(match DataType::try_from(data_type).ok()? {
+        DataType::Float | DataType::Int32 | DataType::Uint32 => 32,
+        DataType::Uint8 | DataType::Int8 | DataType::Bool => 8,
+        DataType::Uint16 | DataType::Int16 | DataType::Float16 | DataType::Bfloat16 => 16,
+        DataType::Int64 | DataType::Uint64 | DataType::Double | DataType::Complex64 => 64,
+        DataType::Complex128 => 128,
+        DataType::Float8e4m3fn
+        | DataType::Float8e4m3fnuz
+        | DataType::Float8e5m2
+        | DataType::Float8e5m2fnuz
+        | DataType::Float8e8m0 => 8,
+        DataType::Uint4 | DataType::Int4 | DataType::Float4e2m1 => 4,
+        DataType::Uint2 | DataType::Int2 => 2,
+        DataType::String | DataType::Undefined => return None,
+    })
+}
+
+/// Checks that a tensor's data matches its declared dims and type, without decoding it, so a
+/// lying file is refused before anything relies on it.
+pub fn validate_tensor(proto: &TensorProto) -> Result<()> {
+    let name = proto.name();
+    let count = element_count(&proto.dims, name)?;
+    if proto.data_location == Some(1) {
+        return Ok(()); // checked when the external data is read
+    }
+    let Some(bits) = element_bits(proto.data_type()) else {
+        return Ok(());
+    };
+    if let Some(raw) = &proto.raw_data {
+        let expected = count.checked_mul(bits).map(|b| b.div_ceil(8));
+        if expected != Some(raw.len()) {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "raw_data holds {} bytes but dims {:?} of this type need {}",
+                    raw.len(),
+                    proto.dims,
+                    expected.map_or("too many".to_string(), |e| e.to_string())
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let typed = proto.float_data.len()
+        + proto.int32_data.len()
+        + proto.int64_data.len()
+        + proto.double_data.len()
+        + proto.uint64_data.len();
+    let per_element = if proto.data_type() == DataType::Complex64 as i32
+        || proto.data_type() == DataType::Complex128 as i32
+    {
+        2
+    } else {
+        1
+    };
+    let packed = bits < 8 && proto.int32_data.len() == count.div_ceil(32 / bits);
+    if typed != count * per_element && !packed && !(bits == 16 && proto.int32_data.len() == count) {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "holds {typed} values but its dims {:?} declare {count}",
+                proto.dims
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes the tensor's data takes in raw form.
+pub fn byte_size(proto: &TensorProto) -> Result<usize> {
+    let count = element_count(&proto.dims, proto.name())?;
+    let bits = element_bits(proto.data_type()).ok_or_else(|| {
+        Error::tensor(
+            proto.name(),
+            format!(
+                "data type {} cannot be stored as external data here",
+                proto.data_type()
+            ),
+        )
+    })?;
+    count
+        .checked_mul(bits)
+        .map(|b| b.div_ceil(8))
+        .ok_or_else(|| Error::tensor(proto.name(), "byte size overflows"))
+}

@@ -47,11 +47,10 @@ pub fn consumers_through_noops(graph: &Graph, value: &str) -> Vec<(usize, usize)
     let mut found = Vec::new();
     for &(index, slot) in graph.consumers(value) {
         let node = graph.node(index);
-        let output = &node.output[0];
-        if matches!(node.op_type(), "Identity" | "Cast")
-            && skip_noops(graph, output) != output.as_str()
-        {
-            found.extend(consumers_through_noops(graph, output));
+        let passes_through = matches!(node.op_type(), "Identity" | "Cast")
+            && skip_noops(graph, &node.output[0]) != node.output[0].as_str();
+        if passes_through {
+            found.extend(consumers_through_noops(graph, &node.output[0]));
         } else {
             found.push((index, slot));
         }

@@ -38,8 +38,9 @@ pub fn generated_inputs(graph: &Graph) -> Result<Vec<(String, Tensor)>> {
                 let bound = if name == TARGET_INPUT {
                     classes
                 } else {
-                    vocabulary_size(graph, &name).unwrap_or(2)
-                } as u64;
+                    vocabulary_size(graph, &name).unwrap_or(2).max(1)
+                }
+                .max(1) as u64;
                 Tensor::I64(ArrayD::from_shape_fn(shape, |_| {
                     (lcg(&mut state) % bound) as i64
                 }))

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use mambalrp::emit::TargetMode;
 use mambalrp::rules::RuleSet;
 use mambalrp::verify::{self, Runtime, VerifyReport};
-use mambalrp::{compile, onnx, CompileReport, Options};
+use mambalrp::{compile_owned, onnx, CompileReport, Options};
 
 use crate::Outcome;
 
@@ -47,6 +47,9 @@ pub struct CompileArgs {
     /// Print every rule site found and every rejected candidate with the reason.
     #[arg(long)]
     explain_matches: bool,
+    /// Store the weights in OUTPUT.data next to the model (automatic above 2 GiB).
+    #[arg(long)]
+    external_data: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -90,7 +93,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         emit_embedding: args.emit.contains(&Emit::Embedding),
         emit_layers: args.emit.contains(&Emit::Layers),
     };
-    let compiled = compile(&model, &options)
+    // Verification runs the original too; without it the weights are held once.
+    let original = (!args.no_verify).then(|| model.clone());
+    let compiled = compile_owned(model, &options)
         .with_context(|| format!("cannot compile {}", model_path.display()))?;
     let report = &compiled.report;
     if args.explain_matches {
@@ -106,15 +111,16 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
             .for_each(|s| println!("  - {s}"));
     }
 
-    let verification = if args.no_verify {
-        None
-    } else {
-        let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
-        Some(
-            verify::verify(args.verify_runtime, &model, &compiled.model, &inputs)
-                .context("verification could not run")?,
-        )
+    let verification = match &original {
+        None => None,
+        Some(original) => {
+            let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
+            let report = verify::verify(args.verify_runtime, original, &compiled.model, &inputs)
+                .context("verification could not run")?;
+            Some(report)
+        }
     };
+    drop(original);
     let conserved = verification
         .as_ref()
         .filter(|_| options.rules.is_complete())
@@ -139,8 +145,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         print_verification(v, conserved, args.tolerance, &report.rules);
     }
     let passed = unchanged && conserved != Some(false);
+    let report = report.clone();
     if passed {
-        onnx::save_model_atomically(&compiled.model, output_path)?;
+        onnx::io::save_model(compiled.model, output_path, args.external_data)?;
     } else {
         println!("  nothing written: verification failed");
     }
@@ -148,7 +155,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         let json = serde_json::to_vec_pretty(&Report {
             model: model_path,
             output: output_path,
-            compile: report,
+            compile: &report,
             verification: verification.as_ref(),
             conserved,
         })?;
