@@ -6,6 +6,7 @@ use crate::emit::{self, TargetMode};
 use crate::error::{Error, Result};
 use crate::ir::{topo, Graph};
 use crate::onnx::proto::ModelProto;
+use crate::reroll::{reroll, ScanForm};
 use crate::rules::{self, Effect, Matches, RuleSet};
 
 pub const MAX_IR_VERSION: i64 = 11;
@@ -17,6 +18,7 @@ pub struct Options {
     pub target: TargetMode,
     pub emit_embedding: bool,
     pub emit_layers: bool,
+    pub scan: ScanForm,
 }
 
 impl Default for Options {
@@ -26,6 +28,7 @@ impl Default for Options {
             target: TargetMode::Argmax,
             emit_embedding: false,
             emit_layers: false,
+            scan: ScanForm::Rolled,
         }
     }
 }
@@ -39,6 +42,9 @@ pub struct CompileReport {
     pub sites: Vec<String>,
     pub rejected_candidates: Vec<String>,
     pub blocks: usize,
+    pub scan: ScanForm,
+    /// Selective-scan chains replaced by a `Scan` node.
+    pub rerolled_scans: usize,
     pub nodes_original: usize,
     pub nodes_compiled: usize,
     pub relevance_path_nodes: usize,
@@ -86,6 +92,19 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
     let mut graph = Graph::take_from(&mut model)?;
     check_versions(&model, &graph)?;
     let nodes_original = graph.nodes().len();
+    let rerolled_scans = match options.scan {
+        ScanForm::Rolled => {
+            // Gradient x input needs the states to differentiate through dA and C.
+            let keep_states = !options.rules.contains(rules::Rule::Ssm);
+            let count = reroll(&mut graph, keep_states)?;
+            if count > 0 {
+                graph.into_model(&mut model);
+                graph = Graph::take_from(&mut model)?;
+            }
+            count
+        }
+        ScanForm::Unrolled => 0,
+    };
     for name in [
         emit::RELEVANCE,
         emit::RELEVANCE_TARGET_LOGIT,
@@ -203,6 +222,12 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
             .map(|r| format!("{} '{}': {}", r.rule.name(), r.node, r.reason))
             .collect(),
         blocks: matches.norm_inputs.len().saturating_sub(1),
+        scan: if rerolled_scans > 0 {
+            ScanForm::Rolled
+        } else {
+            ScanForm::Unrolled
+        },
+        rerolled_scans,
         nodes_original,
         nodes_compiled: graph.nodes().len(),
         relevance_path_nodes: grads.path_nodes,
@@ -215,6 +240,13 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         &mut compiled,
         &[
             ("mambalrp.version", report.tool_version.clone()),
+            (
+                "mambalrp.scan",
+                serde_json::to_string(&report.scan)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_string(),
+            ),
             ("mambalrp.rules", report.rules.clone()),
             (
                 "mambalrp.target",

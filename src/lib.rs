@@ -9,6 +9,7 @@ pub mod emit;
 pub mod error;
 pub mod ir;
 pub mod onnx;
+pub mod reroll;
 pub mod rules;
 pub mod verify;
 

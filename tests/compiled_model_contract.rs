@@ -28,80 +28,97 @@ fn compiled_graphs_keep_the_original_and_use_only_standard_ops() {
     for fixture in FIXTURES {
         for exporter in EXPORTERS {
             let model = load(fixture, exporter);
-            let compiled = compile_with(&model, "mambalrp", true);
-            let (before, after) = (
-                model.graph.as_ref().unwrap(),
-                compiled.graph.as_ref().unwrap(),
-            );
-            assert_eq!(compiled.ir_version, model.ir_version);
-            assert_eq!(
-                compiled.opset_import, model.opset_import,
-                "opset must be kept"
-            );
-            assert_eq!(after.input, before.input, "inputs unchanged");
-            assert_eq!(
-                &after.output[..before.output.len()],
-                &before.output[..],
-                "original outputs first and unchanged"
-            );
-            assert_eq!(
-                &after.node[..before.node.len()],
-                &before.node[..],
-                "original nodes kept as they were"
-            );
-            for init in &before.initializer {
-                assert!(
-                    after.initializer.contains(init),
-                    "initializer {} kept",
-                    init.name()
+            for scan in [ScanForm::Unrolled, ScanForm::Rolled] {
+                let compiled = compile_form(&model, "mambalrp", true, scan);
+                let (before, after) = (
+                    model.graph.as_ref().unwrap(),
+                    compiled.graph.as_ref().unwrap(),
                 );
-            }
-            for node in &after.node {
-                assert!(
-                    matches!(node.domain(), "" | "ai.onnx"),
-                    "{fixture}{exporter}: node {} uses domain {}",
-                    node.name(),
-                    node.domain()
+                assert_eq!(compiled.ir_version, model.ir_version);
+                assert_eq!(
+                    compiled.opset_import, model.opset_import,
+                    "opset must be kept"
                 );
-            }
-            let names: Vec<&str> = after.output.iter().map(|o| o.name()).collect();
-            assert_eq!(
-                &names[1..],
-                [
-                    "relevance",
-                    "relevance_target_logit",
-                    "relevance_bias",
-                    "relevance_embedding",
-                    "relevance_layers"
-                ]
-            );
-            for output in &after.output[1..] {
-                let Some(type_proto::Value::TensorType(t)) =
-                    output.r#type.as_ref().and_then(|t| t.value.as_ref())
-                else {
-                    panic!("untyped output")
-                };
-                assert_eq!(t.elem_type(), 1, "relevance outputs are float32");
-                assert!(
-                    t.shape.as_ref().is_some_and(|s| !s.dim.is_empty()),
-                    "output {} has a shape",
-                    output.name()
+                assert_eq!(after.input, before.input, "inputs unchanged");
+                assert_eq!(
+                    &after.output[..before.output.len()],
+                    &before.output[..],
+                    "original outputs first and unchanged"
                 );
-            }
-            let keys: Vec<&str> = compiled.metadata_props.iter().map(|p| p.key()).collect();
-            for key in [
-                "mambalrp.version",
-                "mambalrp.rules",
-                "mambalrp.target",
-                "mambalrp.sites",
-            ] {
-                assert!(keys.contains(&key), "metadata {key} missing");
-            }
-            for prop in &model.metadata_props {
-                assert!(
-                    compiled.metadata_props.contains(prop),
-                    "original metadata kept"
+                if scan == ScanForm::Unrolled {
+                    assert_eq!(
+                        &after.node[..before.node.len()],
+                        &before.node[..],
+                        "original nodes kept as they were"
+                    );
+                    for init in &before.initializer {
+                        assert!(
+                            after.initializer.contains(init),
+                            "initializer {} kept",
+                            init.name()
+                        );
+                    }
+                } else {
+                    let scans = after.node.iter().filter(|n| n.op_type() == "Scan").count();
+                    let layers = if fixture == "small_untied" { 3 } else { 2 };
+                    assert_eq!(
+                        scans,
+                        2 * layers,
+                        "{fixture}{exporter}: one forward and one backward Scan per layer"
+                    );
+                    assert!(
+                        after.node.len() < before.node.len(),
+                        "{fixture}{exporter}: rolled graph is smaller"
+                    );
+                }
+                for node in &after.node {
+                    assert!(
+                        matches!(node.domain(), "" | "ai.onnx"),
+                        "{fixture}{exporter}: node {} uses domain {}",
+                        node.name(),
+                        node.domain()
+                    );
+                }
+                let names: Vec<&str> = after.output.iter().map(|o| o.name()).collect();
+                assert_eq!(
+                    &names[1..],
+                    [
+                        "relevance",
+                        "relevance_target_logit",
+                        "relevance_bias",
+                        "relevance_embedding",
+                        "relevance_layers"
+                    ]
                 );
+                for output in &after.output[1..] {
+                    let Some(type_proto::Value::TensorType(t)) =
+                        output.r#type.as_ref().and_then(|t| t.value.as_ref())
+                    else {
+                        panic!("untyped output")
+                    };
+                    assert_eq!(t.elem_type(), 1, "relevance outputs are float32");
+                    assert!(
+                        t.shape.as_ref().is_some_and(|s| !s.dim.is_empty()),
+                        "output {} has a shape",
+                        output.name()
+                    );
+                }
+                let keys: Vec<&str> = compiled.metadata_props.iter().map(|p| p.key()).collect();
+                for key in [
+                    "mambalrp.version",
+                    "mambalrp.rules",
+                    "mambalrp.target",
+                    "mambalrp.sites",
+                    "mambalrp.scan",
+                ] {
+                    assert!(keys.contains(&key), "metadata {key} missing");
+                }
+                for prop in &model.metadata_props {
+                    assert!(
+                        compiled.metadata_props.contains(prop),
+                        "original metadata kept"
+                    );
+                }
             }
         }
     }

@@ -23,16 +23,24 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
     for fixture in FIXTURES {
         for exporter in EXPORTERS {
             let model = load(fixture, exporter);
-            for (label, rules, target) in [
-                ("lrp", "mambalrp", TargetMode::Argmax),
-                ("gi", "gi", TargetMode::Argmax),
-                ("target", "mambalrp", TargetMode::Input),
+            for (label, rules, target, scan) in [
+                ("lrp", "mambalrp", TargetMode::Argmax, ScanForm::Rolled),
+                (
+                    "lrp_unrolled",
+                    "mambalrp",
+                    TargetMode::Argmax,
+                    ScanForm::Unrolled,
+                ),
+                ("gi", "gi", TargetMode::Argmax, ScanForm::Rolled),
+                ("gi_unrolled", "gi", TargetMode::Argmax, ScanForm::Unrolled),
+                ("target", "mambalrp", TargetMode::Input, ScanForm::Rolled),
             ] {
                 let options = Options {
                     rules: rules.parse().unwrap(),
                     target,
                     emit_embedding: true,
                     emit_layers: true,
+                    scan,
                 };
                 let compiled = compile(&model, &options).unwrap().model;
                 let path = dir.path().join(format!("{fixture}{exporter}_{label}.onnx"));

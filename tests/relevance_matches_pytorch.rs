@@ -13,12 +13,12 @@ fn zero_bias(fixture: &str) -> bool {
     matches!(fixture, "tiny_zerobias" | "small_untied")
 }
 
-fn check_mambalrp(fixture: &str, exporter: &str) {
+fn check_mambalrp(fixture: &str, exporter: &str, scan: ScanForm) {
     let model = load(fixture, exporter);
     let reference = Reference::load(fixture);
     let inputs = reference.inputs();
     let original = run(&model, &inputs);
-    let compiled = compile_with(&model, "mambalrp", true);
+    let compiled = compile_form(&model, "mambalrp", true, scan);
     let outputs = run(&compiled, &inputs);
 
     let logits_change = max_abs_diff(output(&outputs, "logits"), output(&original, "logits"));
@@ -93,10 +93,10 @@ fn check_mambalrp(fixture: &str, exporter: &str) {
     }
 }
 
-fn check_gradient_times_input(fixture: &str, exporter: &str) {
+fn check_gradient_times_input(fixture: &str, exporter: &str, scan: ScanForm) {
     let model = load(fixture, exporter);
     let reference = Reference::load(fixture);
-    let outputs = run(&compile_with(&model, "gi", true), &reference.inputs());
+    let outputs = run(&compile_form(&model, "gi", true, scan), &reference.inputs());
     for (ours, theirs) in [
         ("relevance", "gi_relevance"),
         ("relevance_embedding", "gi_relevance_embedding"),
@@ -114,13 +114,22 @@ macro_rules! fixture_tests {
     ($($name:ident: $fixture:literal, $exporter:literal;)*) => {
         $(
             mod $name {
+                use super::ScanForm::{Rolled, Unrolled};
                 #[test]
-                fn mambalrp_relevance_matches_reference_and_conserves() {
-                    super::check_mambalrp($fixture, $exporter);
+                fn rolled_mambalrp_relevance_matches_reference_and_conserves() {
+                    super::check_mambalrp($fixture, $exporter, Rolled);
                 }
                 #[test]
-                fn gradient_times_input_matches_reference() {
-                    super::check_gradient_times_input($fixture, $exporter);
+                fn unrolled_mambalrp_relevance_matches_reference_and_conserves() {
+                    super::check_mambalrp($fixture, $exporter, Unrolled);
+                }
+                #[test]
+                fn rolled_gradient_times_input_matches_reference() {
+                    super::check_gradient_times_input($fixture, $exporter, Rolled);
+                }
+                #[test]
+                fn unrolled_gradient_times_input_matches_reference() {
+                    super::check_gradient_times_input($fixture, $exporter, Unrolled);
                 }
             }
         )*

@@ -63,6 +63,13 @@ pub fn check(
             fail("carries relevance through its weights, which is not linear in the input".into())
         }
         "Mul" | "MatMul" | "Gemm" | "Conv" => Ok(()),
+        "Scan" if super::vjp::is_selective_scan(node) => {
+            if carried.iter().all(|c| *c == node.input[0] || *c == node.input[2]) {
+                Ok(())
+            } else {
+                fail("carries relevance through dA or C of the selective scan, which the SSM rule freezes".into())
+            }
+        }
         "Div" if !carried.contains(&node.input[1].as_str()) => Ok(()),
         "Div" => fail(format!("divides by the relevance-carrying tensor '{}' and no norm rule covers it", node.input[1])),
         _ => fail(format!(

@@ -5,8 +5,9 @@ use super::Contribution;
 use crate::error::{Error, Result};
 use crate::ir::shapes::{normalize_axis, reduction, slice_spec, split_sizes};
 use crate::ir::Graph;
-use crate::onnx::attributes::{self, make_int, make_ints};
+use crate::onnx::attributes::{self, make_graph, make_int, make_ints};
 use crate::onnx::proto::NodeProto;
+use crate::reroll::{backward_body, SELECTIVE_SCAN};
 
 pub(super) struct Step<'a> {
     pub node: &'a NodeProto,
@@ -27,6 +28,14 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
         op: node.op_type().to_string(),
         detail: detail.to_string(),
     };
+    if node.op_type() == "Scan" {
+        if !is_selective_scan(node) {
+            return Err(no_rule(
+                " (only the selective scans mambalrp re-rolls are differentiated)",
+            ));
+        }
+        return selective_scan_backward(graph, step);
+    }
     let g = match step.out_grads.first() {
         Some(Some(g)) => g.clone(),
         _ if node.op_type() == "Split" => String::new(),
@@ -469,4 +478,111 @@ fn conv_input_gradient(
         attrs.push(make_ints("output_padding", &output_padding));
     }
     Ok(graph.add_node("ConvTranspose", &[g, &node.input[1]], attrs))
+}
+
+pub(super) fn is_selective_scan(node: &NodeProto) -> bool {
+    node.op_type() == "Scan"
+        && node
+            .name()
+            .starts_with(&format!("mambalrp/{SELECTIVE_SCAN}_"))
+        && node.input.len() == 4
+}
+
+/// Backward of `Scan(h0, dA, dBu, C) -> (h_last, Y[, H])`: a reverse-time Scan gives
+/// G_H = dY/dh_t for every step, which is the cotangent of dBu; dA and C (frozen under the SSM
+/// rule) get theirs from the stored states H.
+fn selective_scan_backward(
+    graph: &mut Graph,
+    step: &Step,
+) -> Result<(Contributions, Option<String>)> {
+    let node = step.node;
+    let (h0, decay, readout) = (&node.input[0], &node.input[1], &node.input[3]);
+    let shape = graph.shape(decay)?.to_vec();
+    let [b, d, s, n] = shape[..] else {
+        return Err(Error::node(
+            node,
+            "selective scan decay must be [B, D, S, N]",
+        ));
+    };
+    let grad_state = step.out_grads.first().cloned().flatten();
+    let grad_y = step.out_grads.get(1).cloned().flatten();
+    if step.out_grads.get(2).cloned().flatten().is_some() {
+        return Err(Error::node(
+            node,
+            "gradient into the stored states is not supported",
+        ));
+    }
+    if grad_state.is_none() && grad_y.is_none() {
+        return Ok((vec![], None));
+    }
+    let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros(&[b, d, s]));
+    let carry = grad_state.unwrap_or_else(|| graph.op_zeros(&[b, d, n]));
+    let body = backward_body(graph, (b, d, n));
+    let attrs = vec![
+        make_graph("body", body),
+        make_int("num_scan_inputs", 3),
+        make_ints("scan_input_axes", &[2, 1, 2]),
+        make_ints("scan_input_directions", &[1, 1, 1]),
+        make_ints("scan_output_axes", &[2]),
+        make_ints("scan_output_directions", &[1]),
+    ];
+    let outs = graph.add_node_named(
+        "selective_scan_backward",
+        "Scan",
+        &[&carry, &grad_y, readout, decay],
+        2,
+        attrs,
+    );
+    let (grad_h0, grad_states) = (outs[0].clone(), outs[1].clone());
+    let mut out: Contributions = vec![];
+    let mut bias = None;
+    if step.carries[2] {
+        out.push((2, Contribution::Full(grad_states.clone())));
+    }
+    if step.carries[0] {
+        out.push((0, Contribution::Full(grad_h0)));
+    } else {
+        bias = Some(per_sample_dot(
+            graph,
+            &grad_h0,
+            h0,
+            &[b, d, n],
+            step.batch,
+            node,
+        )?);
+    }
+    if step.carries[1] || step.carries[3] {
+        let states = node
+            .output
+            .get(2)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Error::node(
+                    node,
+                    "dA or C carries relevance but the scan keeps no states (re-roll with states)",
+                )
+            })?;
+        if step.carries[1] {
+            let first = graph.op_unsqueeze(h0, &[2]);
+            let previous = if s > 1 {
+                let shifted = graph.op_slice(states, 2, 0, s - 1);
+                graph.op_concat(&[first, shifted], 2)
+            } else {
+                first
+            };
+            out.push((
+                1,
+                Contribution::Full(graph.op_binary("Mul", &grad_states, &previous)),
+            ));
+        }
+        if step.carries[3] {
+            let gy4 = graph.op_unsqueeze(&grad_y, &[3]);
+            let weighted = graph.op_binary("Mul", &gy4, states);
+            out.push((
+                3,
+                Contribution::Full(graph.op_reduce_sum(&weighted, &[1], false)),
+            ));
+        }
+    }
+    Ok((out, bias))
 }

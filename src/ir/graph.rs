@@ -247,7 +247,19 @@ impl Graph {
         outputs: usize,
         attrs: Vec<AttributeProto>,
     ) -> Vec<String> {
-        let name = self.fresh_name(op);
+        self.add_node_named(op, op, inputs, outputs, attrs)
+    }
+
+    /// Appends a node named `mambalrp/{hint}_N` and returns the names of its outputs.
+    pub fn add_node_named(
+        &mut self,
+        hint: &str,
+        op: &str,
+        inputs: &[&str],
+        outputs: usize,
+        attrs: Vec<AttributeProto>,
+    ) -> Vec<String> {
+        let name = self.fresh_name(hint);
         let outputs: Vec<String> = (0..outputs)
             .map(|_| self.fresh_name(&format!("{op}_out")))
             .collect();

@@ -272,6 +272,7 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
                 shape,
             })
         }
+        "Scan" => scan_types(graph, node),
         "Sum" | "Mean" => {
             let first = input(0)?;
             let mut shape = first.shape.clone();
@@ -720,4 +721,52 @@ pub fn check_size(name: &str, shape: &[usize]) -> Result<()> {
             format!("absurd shape {shape:?} (more than 2^40 elements)"),
         )),
     }
+}
+
+/// Scan outputs: the final states have the initial states' types; each scan output is the body
+/// output's declared type with the iteration count inserted at its scan axis.
+fn scan_types(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>> {
+    let body = attributes::find(node, "body")
+        .and_then(|a| a.g.as_ref())
+        .ok_or_else(|| Error::node(node, "Scan without a body"))?;
+    let scanned = attributes::int(node, "num_scan_inputs").unwrap_or(0).max(0) as usize;
+    let states = node
+        .input
+        .len()
+        .checked_sub(scanned)
+        .ok_or_else(|| Error::node(node, "fewer inputs than num_scan_inputs"))?;
+    let first_scanned = node
+        .input
+        .get(states)
+        .ok_or_else(|| Error::node(node, "Scan without scan inputs"))?;
+    let input_axis = attributes::ints(node, "scan_input_axes")
+        .and_then(|a| a.first().copied())
+        .unwrap_or(0);
+    let shape = graph.shape(first_scanned)?;
+    let steps = shape[normalize_axis(input_axis, shape.len(), node)?];
+    let output_axes = attributes::ints(node, "scan_output_axes").unwrap_or_default();
+    let mut types = Vec::new();
+    for i in 0..node.output.len() {
+        if i < states {
+            types.push(Some(graph.value_type(&node.input[i])?.clone()));
+            continue;
+        }
+        let declared = body
+            .output
+            .get(i)
+            .and_then(static_type)
+            .ok_or_else(|| Error::node(node, "Scan body outputs need static types"))?;
+        let mut shape = declared.shape.clone();
+        let axis = normalize_axis(
+            output_axes.get(i - states).copied().unwrap_or(0),
+            shape.len() + 1,
+            node,
+        )?;
+        shape.insert(axis, steps);
+        types.push(Some(ValueType {
+            dtype: declared.dtype,
+            shape,
+        }));
+    }
+    Ok(types)
 }

@@ -1,5 +1,6 @@
 //! Topological order and dead-code removal, run explicitly after edits.
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use super::Graph;
 use crate::error::{Error, Result};
@@ -22,14 +23,18 @@ pub fn order(graph: &Graph) -> Result<Vec<usize>> {
             }
         }
     }
-    let mut ready: VecDeque<usize> = (0..nodes.len()).filter(|&i| pending[i] == 0).collect();
+    // Lowest index first, so an already sorted graph keeps its order.
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..nodes.len())
+        .filter(|&i| pending[i] == 0)
+        .map(Reverse)
+        .collect();
     let mut sorted = Vec::with_capacity(nodes.len());
-    while let Some(i) = ready.pop_front() {
+    while let Some(Reverse(i)) = ready.pop() {
         sorted.push(i);
         for &d in &dependents[i] {
             pending[d] -= 1;
             if pending[d] == 0 {
-                ready.push_back(d);
+                ready.push(Reverse(d));
             }
         }
     }
@@ -73,4 +78,17 @@ pub fn remove_dead_nodes(
             !dead.contains(&(index - 1))
         });
     }
+}
+
+/// Reorders the nodes topologically (a rewrite may have appended a producer after its readers).
+pub fn sort_nodes(graph: &mut Graph) -> Result<()> {
+    let order = order(graph)?;
+    let mut nodes: Vec<Option<crate::onnx::proto::NodeProto>> =
+        std::mem::take(&mut graph.proto.node)
+            .into_iter()
+            .map(Some)
+            .collect();
+    graph.proto.node = order.into_iter().filter_map(|i| nodes[i].take()).collect();
+    graph.reindex();
+    Ok(())
 }

@@ -41,6 +41,15 @@ pub fn make_ints(name: &str, values: &[i64]) -> AttributeProto {
     }
 }
 
+pub fn make_graph(name: &str, value: super::proto::GraphProto) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Graph as i32),
+        g: Some(value),
+        ..Default::default()
+    }
+}
+
 pub fn make_tensor(name: &str, value: TensorProto) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use mambalrp::onnx::{self, proto::ModelProto, Tensor};
+pub use mambalrp::reroll::ScanForm;
 use mambalrp::{compile, Options};
 use ndarray::ArrayD;
 
@@ -60,11 +61,17 @@ impl Reference {
     }
 }
 
+/// Compiles with the default (rolled) scan form.
 pub fn compile_with(model: &ModelProto, rules: &str, emit: bool) -> ModelProto {
+    compile_form(model, rules, emit, ScanForm::Rolled)
+}
+
+pub fn compile_form(model: &ModelProto, rules: &str, emit: bool, scan: ScanForm) -> ModelProto {
     let options = Options {
         rules: rules.parse().unwrap(),
         emit_embedding: emit,
         emit_layers: emit,
+        scan,
         ..Options::default()
     };
     compile(model, &options)

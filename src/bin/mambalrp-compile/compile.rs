@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use mambalrp::emit::TargetMode;
+use mambalrp::reroll::ScanForm;
 use mambalrp::rules::RuleSet;
 use mambalrp::verify::{self, Runtime, VerifyReport};
 use mambalrp::{compile_owned, onnx, CompileReport, Options};
@@ -47,6 +48,10 @@ pub struct CompileArgs {
     /// Print every rule site found and every rejected candidate with the reason.
     #[arg(long)]
     explain_matches: bool,
+    /// Form of the selective-scan recurrence: rolled (one Scan per layer, size independent of
+    /// the sequence length) or unrolled (as exported).
+    #[arg(long, default_value = "rolled")]
+    scan: ScanForm,
     /// Store the weights in OUTPUT.data next to the model (automatic above 2 GiB).
     #[arg(long)]
     external_data: bool,
@@ -92,6 +97,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         },
         emit_embedding: args.emit.contains(&Emit::Embedding),
         emit_layers: args.emit.contains(&Emit::Layers),
+        scan: args.scan,
     };
     // Verification runs the original too; without it the weights are held once.
     let original = (!args.no_verify).then(|| model.clone());
@@ -132,10 +138,12 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     });
 
     println!(
-        "compiled {} -> {} (rules {}, {} nodes -> {}, relevance path {} nodes, sites: {})",
+        "compiled {} -> {} (rules {}, scan {:?} x{}, {} nodes -> {}, relevance path {} nodes, sites: {})",
         model_path.display(),
         output_path.display(),
         report.rules,
+        report.scan,
+        report.rerolled_scans,
         report.nodes_original,
         report.nodes_compiled,
         report.relevance_path_nodes,
