@@ -74,6 +74,7 @@ pub fn differentiate(
     let batch = graph.shape(source)?.first().copied().unwrap_or(1);
     for &index in path_nodes.iter().rev() {
         let node = graph.node(index).clone();
+        crate::ir::shapes::check_node_types(graph, &node)?;
         let out_grads: Vec<Option<String>> = node
             .output
             .iter()

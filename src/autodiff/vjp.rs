@@ -72,7 +72,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                         g.clone()
                     };
                     let shape = input_shape(graph, slot)?;
-                    out.push(full(slot, graph.op_unbroadcast(&gi, &out_shape, &shape)));
+                    out.push(full(slot, graph.op_unbroadcast(&gi, &out_shape, &shape)?));
                 } else {
                     let term =
                         per_sample_dot(graph, &g, &node.input[slot], &out_shape, step.batch, node)?;
@@ -97,7 +97,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                     let shape = input_shape(graph, slot)?;
                     out.push(full(
                         slot,
-                        graph.op_unbroadcast(&product, &out_shape, &shape),
+                        graph.op_unbroadcast(&product, &out_shape, &shape)?,
                     ));
                 }
             }
@@ -107,14 +107,14 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
             if step.carries[0] {
                 let q = graph.op_binary("Div", &g, b);
                 let shape = input_shape(graph, 0)?;
-                out.push(full(0, graph.op_unbroadcast(&q, &out_shape, &shape)));
+                out.push(full(0, graph.op_unbroadcast(&q, &out_shape, &shape)?));
             }
             if step.carries[1] {
                 let q = graph.op_binary("Div", &node.output[0], b);
                 let gq = graph.op_binary("Mul", &g, &q);
                 let neg = graph.op_unary("Neg", &gq);
                 let shape = input_shape(graph, 1)?;
-                out.push(full(1, graph.op_unbroadcast(&neg, &out_shape, &shape)));
+                out.push(full(1, graph.op_unbroadcast(&neg, &out_shape, &shape)?));
             }
         }
         "MatMul" => {
@@ -124,7 +124,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                 let ga = graph.op_binary("MatMul", &g, &bt);
                 let mut ga_shape = out_shape.clone();
                 *ga_shape.last_mut().expect("rank >= 2") = a_shape[a_shape.len() - 1];
-                out.push(full(0, graph.op_unbroadcast(&ga, &ga_shape, &a_shape)));
+                out.push(full(0, graph.op_unbroadcast(&ga, &ga_shape, &a_shape)?));
             }
             if step.carries[1] {
                 let at = graph.op_transpose_last_two(&node.input[0], a_shape.len());
@@ -132,7 +132,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                 let mut gb_shape = out_shape.clone();
                 let r = gb_shape.len();
                 gb_shape[r - 2] = b_shape[b_shape.len() - 2];
-                out.push(full(1, graph.op_unbroadcast(&gb, &gb_shape, &b_shape)));
+                out.push(full(1, graph.op_unbroadcast(&gb, &gb_shape, &b_shape)?));
             }
         }
         "Gemm" => {
@@ -176,7 +176,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                 };
                 if step.carries[2] {
                     let shape = input_shape(graph, 2)?;
-                    out.push(full(2, graph.op_unbroadcast(&scaled, &out_shape, &shape)));
+                    out.push(full(2, graph.op_unbroadcast(&scaled, &out_shape, &shape)?));
                 } else {
                     bias = Some(per_sample_dot(
                         graph, &scaled, c, &out_shape, step.batch, node,
@@ -218,7 +218,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
         }
         "Expand" => {
             let shape = input_shape(graph, 0)?;
-            out.push(full(0, graph.op_unbroadcast(&g, &out_shape, &shape)));
+            out.push(full(0, graph.op_unbroadcast(&g, &out_shape, &shape)?));
         }
         "ReduceSum" | "ReduceMean" => {
             let shape = input_shape(graph, 0)?;
@@ -352,7 +352,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                     let shape = input_shape(graph, slot)?;
                     out.push(full(
                         slot,
-                        graph.op_unbroadcast(&picked, &out_shape, &shape),
+                        graph.op_unbroadcast(&picked, &out_shape, &shape)?,
                     ));
                 }
             }
@@ -399,7 +399,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
             let scaled = graph.op_scale(&p, exponent);
             let prod = graph.op_binary("Mul", &g, &scaled);
             let shape = input_shape(graph, 0)?;
-            out.push(full(0, graph.op_unbroadcast(&prod, &out_shape, &shape)));
+            out.push(full(0, graph.op_unbroadcast(&prod, &out_shape, &shape)?));
         }
         _ => return Err(no_rule("")),
     }

@@ -1,5 +1,6 @@
 //! Builders for the small node patterns the backward pass emits.
 use super::Graph;
+use crate::error::{Error, Result};
 use crate::onnx::attributes::{make_int, make_ints};
 
 impl Graph {
@@ -100,9 +101,16 @@ impl Graph {
     }
 
     /// Sums a gradient of shape `from` down to the shape `to` it was broadcast from.
-    pub fn op_unbroadcast(&mut self, g: &str, from: &[usize], to: &[usize]) -> String {
+    pub fn op_unbroadcast(&mut self, g: &str, from: &[usize], to: &[usize]) -> Result<String> {
         if from == to {
-            return g.to_string();
+            return Ok(g.to_string());
+        }
+        let broadcastable = from.len() >= to.len()
+            && to.iter().rev().zip(from.iter().rev()).all(|(&t, &f)| t == f || t == 1);
+        if !broadcastable {
+            return Err(Error::InvalidModel(format!(
+                "value of shape {to:?} cannot have been broadcast to {from:?} (inconsistent declared shapes?)"
+            )));
         }
         let lead = from.len() - to.len();
         let axes: Vec<i64> = (0..from.len())
@@ -114,10 +122,10 @@ impl Graph {
         } else {
             self.op_reduce_sum(g, &axes, true)
         };
-        if from.len() == to.len() {
+        Ok(if from.len() == to.len() {
             reduced
         } else {
             self.op_reshape(&reduced, to)
-        }
+        })
     }
 }

@@ -770,3 +770,18 @@ fn scan_types(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
     }
     Ok(types)
 }
+
+/// Re-infers a node's output types from its inputs and checks they match the recorded ones.
+/// The backward pass calls this for every node it differentiates, so that a file whose declared
+/// shapes contradict its ops is refused instead of confusing a vector-Jacobian rule.
+pub fn check_node_types(graph: &Graph, node: &NodeProto) -> Result<()> {
+    let inferred = infer_node(graph, node)?;
+    for (name, t) in node.output.iter().zip(inferred) {
+        if let (Some(t), Ok(recorded)) = (t, graph.value_type(name)) {
+            if &t != recorded {
+                return Err(Error::node(node, format!("output '{name}' is declared {recorded:?} but the op computes {t:?}")));
+            }
+        }
+    }
+    Ok(())
+}

@@ -101,6 +101,10 @@ impl OrtModel {
         Ok(OrtModel { session })
     }
 
+    pub fn input_names(&self) -> Vec<String> {
+        self.session.inputs().iter().map(|i| i.name().to_string()).collect()
+    }
+
     /// Runs on the named inputs; returns the float32 outputs by name, in graph order.
     pub fn run(&mut self, inputs: &[(String, Tensor)]) -> Result<Vec<(String, ArrayD<f32>)>> {
         let mut feed: Vec<(String, DynValue)> = Vec::new();

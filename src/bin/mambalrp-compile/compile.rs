@@ -1,5 +1,8 @@
 //! `mambalrp-compile MODEL -o OUT`: compile, verify, write.
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{bail, Context};
 use mambalrp::emit::TargetMode;
@@ -69,6 +72,17 @@ enum Target {
     Input,
 }
 
+/// Wall time of each phase, and the process's peak resident memory.
+#[derive(serde::Serialize, Default)]
+struct Costs {
+    load_seconds: f64,
+    compile_seconds: f64,
+    verify_seconds: f64,
+    write_seconds: f64,
+    /// VmHWM from /proc/self/status (Linux).
+    peak_rss_mb: Option<f64>,
+}
+
 #[derive(serde::Serialize)]
 struct Report<'a> {
     model: &'a Path,
@@ -76,6 +90,23 @@ struct Report<'a> {
     compile: &'a CompileReport,
     verification: Option<&'a VerifyReport>,
     conserved: Option<bool>,
+    costs: &'a Costs,
+}
+
+/// Runs `work` under a spinner naming the phase (drawn only on a terminal) and returns its
+/// result and wall time.
+fn phase<T>(progress: &ProgressBar, name: &str, work: impl FnOnce() -> T) -> (T, f64) {
+    progress.set_message(name.to_string());
+    let start = Instant::now();
+    let result = work();
+    (result, start.elapsed().as_secs_f64())
+}
+
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
@@ -83,12 +114,15 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         bail!("MODEL and -o OUTPUT are required");
     };
     if same_file(model_path, output_path) {
-        bail!(
-            "refusing to overwrite the input model {} with the output",
-            model_path.display()
-        );
+        bail!("refusing to overwrite the input model {} with the output", model_path.display());
     }
-    let model = onnx::load_model(model_path)?;
+    let progress = ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})")?);
+    progress.enable_steady_tick(Duration::from_millis(200));
+    let mut costs = Costs::default();
+
+    let (model, seconds) = phase(&progress, "loading", || onnx::load_model(model_path));
+    let model = model?;
+    costs.load_seconds = seconds;
     let options = Options {
         rules: args.rules.clone(),
         target: match args.target {
@@ -101,42 +135,43 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     };
     // Verification runs the original too; without it the weights are held once.
     let original = (!args.no_verify).then(|| model.clone());
-    let compiled = compile_owned(model, &options)
-        .with_context(|| format!("cannot compile {}", model_path.display()))?;
-    let report = &compiled.report;
-    if args.explain_matches {
-        println!("rule sites ({}):", report.sites.len());
-        report.sites.iter().for_each(|s| println!("  + {s}"));
-        println!(
-            "rejected candidates ({}):",
-            report.rejected_candidates.len()
-        );
-        report
-            .rejected_candidates
-            .iter()
-            .for_each(|s| println!("  - {s}"));
-    }
+    let (compiled, seconds) = phase(&progress, "compiling", || compile_owned(model, &options));
+    let compiled = compiled.with_context(|| format!("cannot compile {}", model_path.display()))?;
+    costs.compile_seconds = seconds;
+    let report = compiled.report.clone();
 
-    let verification = match &original {
-        None => None,
-        Some(original) => {
-            let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
-            let report = verify::verify(args.verify_runtime, original, &compiled.model, &inputs)
-                .context("verification could not run")?;
-            Some(report)
-        }
-    };
-    drop(original);
+    let (verification, seconds) = phase(&progress, "verifying", || -> anyhow::Result<Option<VerifyReport>> {
+        let Some(original) = original else { return Ok(None) };
+        let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
+        let report = verify::verify(args.verify_runtime, &original, &compiled.model, &inputs)
+            .context("verification could not run")?;
+        Ok(Some(report))
+    });
+    let verification = verification?;
+    costs.verify_seconds = seconds;
     let conserved = verification
         .as_ref()
         .filter(|_| options.rules.is_complete())
         .map(|v| v.max_relative_residual <= args.tolerance);
-    let unchanged = verification.as_ref().is_none_or(|v| {
-        v.original_outputs_max_abs_diff
-            .iter()
-            .all(|(_, d)| *d <= ORIGINAL_OUTPUT_TOLERANCE)
-    });
+    let unchanged = verification
+        .as_ref()
+        .is_none_or(|v| v.original_outputs_max_abs_diff.iter().all(|(_, d)| *d <= ORIGINAL_OUTPUT_TOLERANCE));
+    let passed = unchanged && conserved != Some(false);
+    if passed {
+        let (written, seconds) =
+            phase(&progress, "writing", || onnx::io::save_model(compiled.model, output_path, args.external_data));
+        written?;
+        costs.write_seconds = seconds;
+    }
+    progress.finish_and_clear();
+    costs.peak_rss_mb = peak_rss_mb();
 
+    if args.explain_matches {
+        println!("rule sites ({}):", report.sites.len());
+        report.sites.iter().for_each(|s| println!("  + {s}"));
+        println!("rejected candidates ({}):", report.rejected_candidates.len());
+        report.rejected_candidates.iter().for_each(|s| println!("  - {s}"));
+    }
     println!(
         "compiled {} -> {} (rules {}, scan {:?} x{}, {} nodes -> {}, relevance path {} nodes, sites: {})",
         model_path.display(),
@@ -149,14 +184,18 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         report.relevance_path_nodes,
         serde_json::to_string(&report.site_counts)?
     );
+    println!(
+        "  load {:.2}s, compile {:.2}s, verify {:.2}s, write {:.2}s, peak memory {}",
+        costs.load_seconds,
+        costs.compile_seconds,
+        costs.verify_seconds,
+        costs.write_seconds,
+        costs.peak_rss_mb.map_or("unknown".into(), |m| format!("{m:.0} MB"))
+    );
     if let Some(v) = &verification {
         print_verification(v, conserved, args.tolerance, &report.rules);
     }
-    let passed = unchanged && conserved != Some(false);
-    let report = report.clone();
-    if passed {
-        onnx::io::save_model(compiled.model, output_path, args.external_data)?;
-    } else {
+    if !passed {
         println!("  nothing written: verification failed");
     }
     if let Some(path) = &args.report {
@@ -166,14 +205,11 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
             compile: &report,
             verification: verification.as_ref(),
             conserved,
+            costs: &costs,
         })?;
         onnx::io::write_atomically(path, &json)?;
     }
-    Ok(if passed {
-        Outcome::Passed
-    } else {
-        Outcome::Failed
-    })
+    Ok(if passed { Outcome::Passed } else { Outcome::Failed })
 }
 
 fn print_verification(v: &VerifyReport, conserved: Option<bool>, tolerance: f32, rules: &str) {
