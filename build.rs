@@ -2,6 +2,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/onnx.proto");
     let descriptors = protox::compile(["onnx.proto"], ["proto"])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // `bytes` fields as `bytes::Bytes`: decoding slices the file's buffer instead of copying
+    // every weight, and cloning a model shares its weights.
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -10,9 +10,16 @@ fn fuzzer_crashes_stay_fixed() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
-        let Ok(model) = decode_model(&bytes, &path) else { continue };
+        let Ok(model) = decode_model(&bytes, &path) else {
+            continue;
+        };
         for rules in ["mambalrp", "gi"] {
-            let options = Options { rules: rules.parse().unwrap(), emit_embedding: true, emit_layers: true, ..Options::default() };
+            let options = Options {
+                rules: rules.parse().unwrap(),
+                emit_embedding: true,
+                emit_layers: true,
+                ..Options::default()
+            };
             match compile(&model, &options) {
                 Ok(_) => println!("{}: compiles with {rules}", path.display()),
                 Err(e) => println!("{}: {rules}: {e}", path.display()),
@@ -20,5 +27,9 @@ fn fuzzer_crashes_stay_fixed() {
         }
         replayed += 1;
     }
-    assert!(replayed > 0, "no regression inputs found in {}", dir.display());
+    assert!(
+        replayed > 0,
+        "no regression inputs found in {}",
+        dir.display()
+    );
 }

@@ -18,7 +18,10 @@ use mambalrp::reroll::ScanForm;
 use mambalrp::verify::{generated_inputs, OrtModel};
 
 #[derive(Parser)]
-#[command(name = "mambalrp-bench", about = "Benchmark compilation and ONNX Runtime latency of compiled models")]
+#[command(
+    name = "mambalrp-bench",
+    about = "Benchmark compilation and ONNX Runtime latency of compiled models"
+)]
 struct Args {
     /// Exported Mamba models.
     #[arg(required = true)]
@@ -46,7 +49,11 @@ fn time_ort(path: &Path, inputs: &[(String, Tensor)], runs: usize) -> anyhow::Re
     let session_seconds = start.elapsed().as_secs_f64();
     drop(model);
     let names: Vec<String> = session.input_names();
-    let feed: Vec<(String, Tensor)> = inputs.iter().filter(|(n, _)| names.contains(n)).cloned().collect();
+    let feed: Vec<(String, Tensor)> = inputs
+        .iter()
+        .filter(|(n, _)| names.contains(n))
+        .cloned()
+        .collect();
     session.run(&feed)?;
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {
@@ -55,7 +62,10 @@ fn time_ort(path: &Path, inputs: &[(String, Tensor)], runs: usize) -> anyhow::Re
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok(Timing { session_seconds, median_seconds: times[times.len() / 2] })
+    Ok(Timing {
+        session_seconds,
+        median_seconds: times[times.len() / 2],
+    })
 }
 
 fn node_count(path: &Path) -> anyhow::Result<usize> {
@@ -66,19 +76,26 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let compiler = std::env::current_exe()?.with_file_name("mambalrp-compile");
     if !compiler.exists() {
-        bail!("{} not found next to mambalrp-bench (build both with cargo build --release)", compiler.display());
+        bail!(
+            "{} not found next to mambalrp-bench (build both with cargo build --release)",
+            compiler.display()
+        );
     }
     let temp = tempfile_dir(&args.out)?;
     println!("| model | scan | nodes original -> compiled | compile s | peak RSS MB | ORT session s (orig / compiled) | ORT median s (orig / compiled) | ratio |");
     println!("|---|---|---|---|---|---|---|---|");
     for model_path in &args.models {
-        let name = model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = model_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let model = onnx::load_model(model_path)?;
         let graph = mambalrp::ir::Graph::from_model(&model)?;
         let inputs = generated_inputs(&graph)?;
         drop((graph, model));
         let original_nodes = node_count(model_path)?;
-        let original = time_ort(model_path, &inputs, args.runs).with_context(|| format!("running {}", model_path.display()))?;
+        let original = time_ort(model_path, &inputs, args.runs)
+            .with_context(|| format!("running {}", model_path.display()))?;
         for scan in &args.scan {
             let scan_name = serde_json::to_string(scan)?.trim_matches('"').to_string();
             let out = temp.join(format!("{name}_{scan_name}_lrp.onnx"));
@@ -91,7 +108,11 @@ fn main() -> anyhow::Result<()> {
                 .arg(&report)
                 .output()?;
             if !status.status.success() {
-                bail!("compiling {} failed: {}", model_path.display(), String::from_utf8_lossy(&status.stderr));
+                bail!(
+                    "compiling {} failed: {}",
+                    model_path.display(),
+                    String::from_utf8_lossy(&status.stderr)
+                );
             }
             let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
             let compile_seconds = json["costs"]["load_seconds"].as_f64().unwrap_or(0.0)
@@ -109,7 +130,9 @@ fn main() -> anyhow::Result<()> {
                 compiled.median_seconds / original.median_seconds
             );
             let _ = std::fs::remove_file(&out);
-            let _ = std::fs::remove_file(out.with_file_name(format!("{name}_{scan_name}_lrp.onnx.data")));
+            let _ = std::fs::remove_file(
+                out.with_file_name(format!("{name}_{scan_name}_lrp.onnx.data")),
+            );
         }
     }
     Ok(())

@@ -5,6 +5,18 @@ use crate::ir::Graph;
 /// The embeddings E: a float graph input (inputs_embeds), or else the output of the `Gather` that
 /// looks integer token ids up in a `[vocab, hidden]` table.
 pub fn find_embeddings(graph: &Graph) -> Result<String> {
+    // Relevance constants are emitted in float32; half-precision graphs would not type-check.
+    let half = graph
+        .proto
+        .initializer
+        .iter()
+        .find(|t| matches!(t.data_type(), 10 | 16));
+    if let Some(t) = half {
+        return Err(Error::Unsupported(format!(
+            "float16/bfloat16 weights ('{}'): only float32 models are supported; export in float32",
+            t.name()
+        )));
+    }
     for input in graph.graph_input_names() {
         if graph
             .value_type(&input)

@@ -106,7 +106,11 @@ impl Graph {
             return Ok(g.to_string());
         }
         let broadcastable = from.len() >= to.len()
-            && to.iter().rev().zip(from.iter().rev()).all(|(&t, &f)| t == f || t == 1);
+            && to
+                .iter()
+                .rev()
+                .zip(from.iter().rev())
+                .all(|(&t, &f)| t == f || t == 1);
         if !broadcastable {
             return Err(Error::InvalidModel(format!(
                 "value of shape {to:?} cannot have been broadcast to {from:?} (inconsistent declared shapes?)"

@@ -779,7 +779,10 @@ pub fn check_node_types(graph: &Graph, node: &NodeProto) -> Result<()> {
     for (name, t) in node.output.iter().zip(inferred) {
         if let (Some(t), Ok(recorded)) = (t, graph.value_type(name)) {
             if &t != recorded {
-                return Err(Error::node(node, format!("output '{name}' is declared {recorded:?} but the op computes {t:?}")));
+                return Err(Error::node(
+                    node,
+                    format!("output '{name}' is declared {recorded:?} but the op computes {t:?}"),
+                ));
             }
         }
     }

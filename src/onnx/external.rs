@@ -132,7 +132,7 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<(
                 path: location.file.clone(),
                 source,
             })?;
-        tensor.raw_data = Some(data);
+        tensor.raw_data = Some(data.into());
         tensor.external_data.clear();
         tensor.data_location = None;
     }

@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use bytes::buf::UninitSlice;
+use bytes::{BufMut, Bytes};
 use prost::Message;
 
 use super::proto::ModelProto;
@@ -21,6 +23,11 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
 }
 
 pub fn decode_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
+    decode_shared(Bytes::copy_from_slice(bytes), path)
+}
+
+/// Decodes without copying the weights: `raw_data` fields become slices of `bytes`.
+fn decode_shared(bytes: Bytes, path: &Path) -> Result<ModelProto> {
     if bytes.is_empty() {
         return Err(Error::InvalidModel(format!("{} is empty", path.display())));
     }
@@ -72,6 +79,80 @@ pub fn temp_path(path: &Path) -> std::path::PathBuf {
 /// Protobuf messages cannot exceed 2 GiB.
 const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 
+/// A `BufMut` that streams an encoding into a file through a fixed buffer, so writing a large
+/// model never holds a second copy of it in memory.
+struct FileSink {
+    file: std::fs::File,
+    buffer: Vec<u8>,
+    error: Option<std::io::Error>,
+}
+
+impl FileSink {
+    const CAPACITY: usize = 8 << 20;
+
+    fn flush(&mut self) {
+        if !self.buffer.is_empty() {
+            if let Err(e) = self.file.write_all(&self.buffer) {
+                self.error.get_or_insert(e);
+            }
+            self.buffer.clear();
+        }
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the vector's spare capacity and `advance_mut` only extends the
+// length over bytes the encoder has written there, as the trait requires.
+unsafe impl BufMut for FileSink {
+    fn remaining_mut(&self) -> usize {
+        isize::MAX as usize
+    }
+
+    unsafe fn advance_mut(&mut self, count: usize) {
+        let len = self.buffer.len() + count;
+        // SAFETY: the caller initialised `count` bytes of the chunk returned by `chunk_mut`.
+        unsafe { self.buffer.set_len(len) };
+        if self.buffer.len() == self.buffer.capacity() {
+            self.flush();
+        }
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        if self.buffer.len() == self.buffer.capacity() {
+            self.flush();
+        }
+        UninitSlice::uninit(self.buffer.spare_capacity_mut())
+    }
+}
+
+/// Encodes `model` straight into `path` (through a temporary file and a rename).
+fn stream_model_atomically(model: &ModelProto, path: &Path) -> Result<()> {
+    let temp = temp_path(path);
+    let result = (|| -> std::io::Result<()> {
+        let file = std::fs::File::create(&temp)?;
+        let mut sink = FileSink {
+            file,
+            buffer: Vec::with_capacity(FileSink::CAPACITY),
+            error: None,
+        };
+        model
+            .encode(&mut sink)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        sink.flush();
+        if let Some(e) = sink.error.take() {
+            return Err(e);
+        }
+        sink.file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    result.map_err(|source| {
+        let _ = std::fs::remove_file(&temp);
+        Error::Write {
+            path: path.into(),
+            source,
+        }
+    })
+}
+
 pub fn save_model_atomically(model: &ModelProto, path: &Path) -> Result<()> {
     if model.encoded_len() > PROTOBUF_LIMIT {
         return Err(Error::Unsupported(format!(
@@ -79,7 +160,7 @@ pub fn save_model_atomically(model: &ModelProto, path: &Path) -> Result<()> {
             path.display()
         )));
     }
-    write_atomically(path, &encode_model(model))
+    stream_model_atomically(model, path)
 }
 
 /// Writes the model with its large initializers in `PATH.data` next to it (the data file

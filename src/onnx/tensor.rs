@@ -59,7 +59,7 @@ impl Tensor {
             Tensor::I64(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
             Tensor::Bool(a) => a.iter().map(|&v| v as u8).collect(),
         };
-        proto.raw_data = Some(raw);
+        proto.raw_data = Some(raw.into());
         proto
     }
 }

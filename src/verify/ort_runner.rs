@@ -102,7 +102,11 @@ impl OrtModel {
     }
 
     pub fn input_names(&self) -> Vec<String> {
-        self.session.inputs().iter().map(|i| i.name().to_string()).collect()
+        self.session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect()
     }
 
     /// Runs on the named inputs; returns the float32 outputs by name, in graph order.

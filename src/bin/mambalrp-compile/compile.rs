@@ -114,9 +114,13 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         bail!("MODEL and -o OUTPUT are required");
     };
     if same_file(model_path, output_path) {
-        bail!("refusing to overwrite the input model {} with the output", model_path.display());
+        bail!(
+            "refusing to overwrite the input model {} with the output",
+            model_path.display()
+        );
     }
-    let progress = ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})")?);
+    let progress = ProgressBar::new_spinner()
+        .with_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})")?);
     progress.enable_steady_tick(Duration::from_millis(200));
     let mut costs = Costs::default();
 
@@ -140,26 +144,35 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     costs.compile_seconds = seconds;
     let report = compiled.report.clone();
 
-    let (verification, seconds) = phase(&progress, "verifying", || -> anyhow::Result<Option<VerifyReport>> {
-        let Some(original) = original else { return Ok(None) };
-        let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
-        let report = verify::verify(args.verify_runtime, &original, &compiled.model, &inputs)
-            .context("verification could not run")?;
-        Ok(Some(report))
-    });
+    let (verification, seconds) = phase(
+        &progress,
+        "verifying",
+        || -> anyhow::Result<Option<VerifyReport>> {
+            let Some(original) = original else {
+                return Ok(None);
+            };
+            let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
+            let report = verify::verify(args.verify_runtime, &original, &compiled.model, &inputs)
+                .context("verification could not run")?;
+            Ok(Some(report))
+        },
+    );
     let verification = verification?;
     costs.verify_seconds = seconds;
     let conserved = verification
         .as_ref()
         .filter(|_| options.rules.is_complete())
         .map(|v| v.max_relative_residual <= args.tolerance);
-    let unchanged = verification
-        .as_ref()
-        .is_none_or(|v| v.original_outputs_max_abs_diff.iter().all(|(_, d)| *d <= ORIGINAL_OUTPUT_TOLERANCE));
+    let unchanged = verification.as_ref().is_none_or(|v| {
+        v.original_outputs_max_abs_diff
+            .iter()
+            .all(|(_, d)| *d <= ORIGINAL_OUTPUT_TOLERANCE)
+    });
     let passed = unchanged && conserved != Some(false);
     if passed {
-        let (written, seconds) =
-            phase(&progress, "writing", || onnx::io::save_model(compiled.model, output_path, args.external_data));
+        let (written, seconds) = phase(&progress, "writing", || {
+            onnx::io::save_model(compiled.model, output_path, args.external_data)
+        });
         written?;
         costs.write_seconds = seconds;
     }
@@ -169,8 +182,14 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     if args.explain_matches {
         println!("rule sites ({}):", report.sites.len());
         report.sites.iter().for_each(|s| println!("  + {s}"));
-        println!("rejected candidates ({}):", report.rejected_candidates.len());
-        report.rejected_candidates.iter().for_each(|s| println!("  - {s}"));
+        println!(
+            "rejected candidates ({}):",
+            report.rejected_candidates.len()
+        );
+        report
+            .rejected_candidates
+            .iter()
+            .for_each(|s| println!("  - {s}"));
     }
     println!(
         "compiled {} -> {} (rules {}, scan {:?} x{}, {} nodes -> {}, relevance path {} nodes, sites: {})",
@@ -190,7 +209,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         costs.compile_seconds,
         costs.verify_seconds,
         costs.write_seconds,
-        costs.peak_rss_mb.map_or("unknown".into(), |m| format!("{m:.0} MB"))
+        costs
+            .peak_rss_mb
+            .map_or("unknown".into(), |m| format!("{m:.0} MB"))
     );
     if let Some(v) = &verification {
         print_verification(v, conserved, args.tolerance, &report.rules);
@@ -209,7 +230,11 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         })?;
         onnx::io::write_atomically(path, &json)?;
     }
-    Ok(if passed { Outcome::Passed } else { Outcome::Failed })
+    Ok(if passed {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
 }
 
 fn print_verification(v: &VerifyReport, conserved: Option<bool>, tolerance: f32, rules: &str) {
