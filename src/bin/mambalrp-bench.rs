@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let temp = tempfile_dir(&args.out)?;
-    println!("| model | scan | nodes original -> compiled | compile s | peak RSS MB | ORT session s (orig / compiled) | ORT median s (orig / compiled) | ratio |");
+    println!("| model | scan | nodes original -> compiled | compile s | peak RSS MB | ORT session s (orig / compiled) | ORT median ms (orig / compiled) | ratio |");
     println!("|---|---|---|---|---|---|---|---|");
     for model_path in &args.models {
         let name = model_path
@@ -121,12 +121,12 @@ fn main() -> anyhow::Result<()> {
             let peak = json["costs"]["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
             let compiled = time_ort(&out, &inputs, args.runs)?;
             println!(
-                "| {name} | {scan_name} | {original_nodes} -> {} | {compile_seconds:.2} | {peak:.0} | {:.2} / {:.2} | {:.3} / {:.3} | {:.2} |",
+                "| {name} | {scan_name} | {original_nodes} -> {} | {compile_seconds:.2} | {peak:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} |",
                 node_count(&out)?,
                 original.session_seconds,
                 compiled.session_seconds,
-                original.median_seconds,
-                compiled.median_seconds,
+                original.median_seconds * 1e3,
+                compiled.median_seconds * 1e3,
                 compiled.median_seconds / original.median_seconds
             );
             let _ = std::fs::remove_file(&out);
