@@ -113,7 +113,6 @@ def merge_external_data(tmp_dir, onnx_name, out_dir):
     Streams tensor by tensor (never holds all weights in memory). Returns (onnx_path, data_path).
     """
     import onnx
-    from onnx.external_data_helper import set_external_data
 
     m = onnx.load(os.path.join(tmp_dir, onnx_name), load_external_data=False)
     data_name = onnx_name + ".data"
@@ -136,7 +135,9 @@ def merge_external_data(tmp_dir, onnx_name, out_dir):
                 pos += pad
             out.write(blob)
             del t.external_data[:]
-            set_external_data(t, location=data_name, offset=pos, length=len(blob))
+            for k, v in (("location", data_name), ("offset", str(pos)), ("length", str(len(blob)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
             t.data_location = onnx.TensorProto.EXTERNAL
     onnx_tmp = os.path.join(out_dir, onnx_name + ".tmp")
     onnx.save(m, onnx_tmp)
@@ -167,14 +168,19 @@ def export_one(model, spec, seq):
     t_export = time.perf_counter() - t0
     files = sorted(os.listdir(tmp_dir))
     t1 = time.perf_counter()
-    if files == [name]:
-        onnx_path = os.path.join(OUT, name)
-        os.replace(os.path.join(tmp_dir, name), onnx_path)
-        data_path = None
-    else:  # the exporter switched to external data (model > 2 GB)
-        onnx_path, data_path = merge_external_data(tmp_dir, name, OUT)
+    try:
+        if files == [name]:
+            onnx_path = os.path.join(OUT, name)
+            os.replace(os.path.join(tmp_dir, name), onnx_path)
+            data_path = None
+        else:  # the exporter switched to external data (model > 2 GB)
+            onnx_path, data_path = merge_external_data(tmp_dir, name, OUT)
+    finally:
+        shutil.rmtree(tmp_dir)
+        for leftover in (name + ".data.tmp", name + ".tmp"):
+            if os.path.exists(os.path.join(OUT, leftover)):
+                os.remove(os.path.join(OUT, leftover))
     t_merge = time.perf_counter() - t1
-    shutil.rmtree(tmp_dir)
     return ids, onnx_path, data_path, t_export, t_merge, len(files)
 
 

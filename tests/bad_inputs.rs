@@ -280,16 +280,27 @@ fn an_unwritable_output_is_an_error_naming_it() {
 fn deeply_nested_subgraphs_are_refused() {
     // A chain of If/Scan-like bodies nested 300 deep: the decoder's recursion limit (100)
     // refuses it before anything walks it.
-    let mut graph = mambalrp::onnx::proto::GraphProto { name: Some("leaf".into()), ..Default::default() };
+    let mut graph = mambalrp::onnx::proto::GraphProto {
+        name: Some("leaf".into()),
+        ..Default::default()
+    };
     for depth in 0..300 {
         let attribute = mambalrp::onnx::attributes::make_graph("body", graph);
         graph = mambalrp::onnx::proto::GraphProto {
             name: Some(format!("level{depth}")),
-            node: vec![NodeProto { op_type: Some("Scan".into()), attribute: vec![attribute], ..Default::default() }],
+            node: vec![NodeProto {
+                op_type: Some("Scan".into()),
+                attribute: vec![attribute],
+                ..Default::default()
+            }],
             ..Default::default()
         };
     }
-    let model = ModelProto { ir_version: Some(8), graph: Some(graph), ..Default::default() };
+    let model = ModelProto {
+        ir_version: Some(8),
+        graph: Some(graph),
+        ..Default::default()
+    };
     let dir = tempfile::tempdir().unwrap();
     refuse(&write_model(dir.path(), "nested.onnx", &model), &[]).says(&["not an ONNX model"]);
 }

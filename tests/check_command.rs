@@ -3,25 +3,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
 use mambalrp::onnx::save_model_atomically;
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mambalrp-compile"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn compiled_to(dir: &Path, rules: &str) -> String {
     let path = dir.join(format!("tiny_convbias_{rules}.onnx"));

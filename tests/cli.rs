@@ -2,31 +2,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use common::*;
-use mambalrp::onnx::proto::{
-    tensor_shape_proto::{dimension, Dimension},
-    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
-};
+use mambalrp::onnx::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
 use mambalrp::onnx::Tensor;
 use prost::Message;
-
-fn compile_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mambalrp-compile"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn arg(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -37,7 +17,7 @@ fn compiles_the_bundled_model_verifies_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let (out, report) = (dir.path().join("model_lrp.onnx"), dir.path().join("r.json"));
     let model = model_path("tiny_convbias", "");
-    let result = compile_cli(&[
+    let result = cli(&[
         arg(&model),
         "-o",
         arg(&out),
@@ -75,7 +55,7 @@ fn compiles_the_bundled_model_verifies_and_reports() {
 fn gradient_times_input_compiles_without_a_conservation_claim() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("gi.onnx");
-    let result = compile_cli(&[
+    let result = cli(&[
         arg(&model_path("tiny_zerobias", "_dynamo")),
         "-o",
         arg(&out),
@@ -92,7 +72,7 @@ fn failed_verification_exits_1_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.onnx");
     // No float computation conserves to exactly zero residual on every sample.
-    let result = compile_cli(&[
+    let result = cli(&[
         arg(&model_path("tiny_convbias", "")),
         "-o",
         arg(&out),
@@ -115,7 +95,7 @@ fn verification_reads_inputs_from_npz() {
     };
     writer.add_array("input_ids", &ids).unwrap();
     writer.finish().unwrap();
-    let result = compile_cli(&[
+    let result = cli(&[
         arg(&model_path("small_untied", "")),
         "-o",
         arg(&out),
@@ -137,7 +117,7 @@ fn refuses_to_overwrite_its_input() {
     let model = dir.path().join("m.onnx");
     std::fs::copy(model_path("tiny_zerobias", ""), &model).unwrap();
     let before = std::fs::read(&model).unwrap();
-    let result = compile_cli(&[arg(&model), "-o", arg(&model)]);
+    let result = cli(&[arg(&model), "-o", arg(&model)]);
     assert_eq!(result.status.code(), Some(2));
     assert!(
         text(&result).contains("refusing to overwrite"),
@@ -152,33 +132,11 @@ fn garbage_input_is_a_clear_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let (bad, out) = (dir.path().join("garbage.onnx"), dir.path().join("out.onnx"));
     std::fs::write(&bad, b"this is not a protobuf \xff\xff\xff").unwrap();
-    let result = compile_cli(&[arg(&bad), "-o", arg(&out)]);
+    let result = cli(&[arg(&bad), "-o", arg(&out)]);
     assert_eq!(result.status.code(), Some(2));
     assert!(text(&result).contains("garbage.onnx"), "{}", text(&result));
     assert!(!text(&result).contains("panicked"));
     assert!(!out.exists());
-}
-
-fn typed(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| Dimension {
-            value: Some(dimension::Value::DimValue(d)),
-            ..Default::default()
-        })
-        .collect();
-    let t = type_proto::Tensor {
-        elem_type: Some(elem_type),
-        shape: Some(TensorShapeProto { dim }),
-    };
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(t)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
@@ -209,8 +167,8 @@ fn a_model_without_mamba_blocks_is_refused_saying_what_was_looked_for() {
                 node("Relu", &["h"], "logits"),
             ],
             initializer: vec![table, weight],
-            input: vec![typed("input_ids", 7, &[1, 4])],
-            output: vec![typed("logits", 1, &[1, 4, 10])],
+            input: vec![mambalrp::emit::value_info("input_ids", 7, &[1, 4])],
+            output: vec![mambalrp::emit::value_info("logits", 1, &[1, 4, 10])],
             ..Default::default()
         }),
         ..Default::default()
@@ -218,7 +176,7 @@ fn a_model_without_mamba_blocks_is_refused_saying_what_was_looked_for() {
     let dir = tempfile::tempdir().unwrap();
     let (path, out) = (dir.path().join("mlp.onnx"), dir.path().join("out.onnx"));
     std::fs::write(&path, model.encode_to_vec()).unwrap();
-    let result = compile_cli(&[arg(&path), "-o", arg(&out)]);
+    let result = cli(&[arg(&path), "-o", arg(&out)]);
     assert_eq!(result.status.code(), Some(2));
     let message = text(&result);
     assert!(

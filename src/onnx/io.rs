@@ -48,13 +48,16 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder, so readers never see a
-/// partial file and a failed write leaves nothing behind.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Runs `write` on a temporary file next to `path`, then renames it over `path`, so readers
+/// never see a partial file and a failed write leaves nothing behind.
+fn write_through_temp(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let temp = temp_path(path);
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
+        write(&mut file)?;
         file.sync_all()?;
         std::fs::rename(&temp, path)
     })();
@@ -65,6 +68,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
             source,
         }
     })
+}
+
+/// Writes `bytes` to `path` atomically (see [`write_through_temp`]).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_through_temp(path, |file| file.write_all(bytes))
 }
 
 /// A hidden temporary name next to `path`, for write-then-rename.
@@ -81,13 +89,13 @@ const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 
 /// A `BufMut` that streams an encoding into a file through a fixed buffer, so writing a large
 /// model never holds a second copy of it in memory.
-struct FileSink {
-    file: std::fs::File,
+struct FileSink<'f> {
+    file: &'f mut std::fs::File,
     buffer: Vec<u8>,
     error: Option<std::io::Error>,
 }
 
-impl FileSink {
+impl FileSink<'_> {
     const CAPACITY: usize = 8 << 20;
 
     fn flush(&mut self) {
@@ -102,7 +110,7 @@ impl FileSink {
 
 // SAFETY: `chunk_mut` hands out the vector's spare capacity and `advance_mut` only extends the
 // length over bytes the encoder has written there, as the trait requires.
-unsafe impl BufMut for FileSink {
+unsafe impl BufMut for FileSink<'_> {
     fn remaining_mut(&self) -> usize {
         isize::MAX as usize
     }
@@ -124,11 +132,9 @@ unsafe impl BufMut for FileSink {
     }
 }
 
-/// Encodes `model` straight into `path` (through a temporary file and a rename).
+/// Encodes `model` straight into `path`, atomically.
 fn stream_model_atomically(model: &ModelProto, path: &Path) -> Result<()> {
-    let temp = temp_path(path);
-    let result = (|| -> std::io::Result<()> {
-        let file = std::fs::File::create(&temp)?;
+    write_through_temp(path, |file| {
         let mut sink = FileSink {
             file,
             buffer: Vec::with_capacity(FileSink::CAPACITY),
@@ -138,18 +144,7 @@ fn stream_model_atomically(model: &ModelProto, path: &Path) -> Result<()> {
             .encode(&mut sink)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         sink.flush();
-        if let Some(e) = sink.error.take() {
-            return Err(e);
-        }
-        sink.file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    result.map_err(|source| {
-        let _ = std::fs::remove_file(&temp);
-        Error::Write {
-            path: path.into(),
-            source,
-        }
+        sink.error.take().map_or(Ok(()), Err)
     })
 }
 

@@ -106,3 +106,20 @@ pub fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
 pub fn relative_error(a: &ArrayD<f32>, reference: &ArrayD<f32>) -> f32 {
     max_abs_diff(a, reference) / max_abs(reference)
 }
+
+/// Runs the `mambalrp-compile` binary.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mambalrp-compile"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+/// Everything a command printed.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
