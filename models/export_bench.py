@@ -110,7 +110,10 @@ def make_inputs(spec, seq):
 def merge_external_data(tmp_dir, onnx_name, out_dir):
     """Rewrite the exporter's one-file-per-tensor external data as one page-aligned file.
 
-    Streams tensor by tensor (never holds all weights in memory). Returns (onnx_path, data_path).
+    Initializers go to ``<onnx_name>.data`` (4096-aligned offsets); tensors held in node
+    attributes (``Constant`` values: a few small ones) are put back inline as raw_data so
+    that only initializers are external. Streams tensor by tensor (never holds all weights
+    in memory). Returns (onnx_path, data_path).
     """
     import onnx
 
@@ -118,27 +121,39 @@ def merge_external_data(tmp_dir, onnx_name, out_dir):
     data_name = onnx_name + ".data"
     data_tmp = os.path.join(out_dir, data_name + ".tmp")
     align = 4096
+
+    def read_blob(t):
+        info = {e.key: e.value for e in t.external_data}
+        with open(os.path.join(tmp_dir, info["location"]), "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            return f.read(int(info["length"])) if "length" in info else f.read()
+
     with open(data_tmp, "wb") as out:
         for t in m.graph.initializer:
             if t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
-            info = {e.key: e.value for e in t.external_data}
-            src = os.path.join(tmp_dir, info["location"])
-            off = int(info.get("offset", 0))
-            with open(src, "rb") as f:
-                f.seek(off)
-                blob = f.read(int(info["length"])) if "length" in info else f.read()
+            blob = read_blob(t)
+            del t.external_data[:]
             pos = out.tell()
             pad = (-pos) % align
             if pad:
                 out.write(b"\0" * pad)
                 pos += pad
             out.write(blob)
-            del t.external_data[:]
             for k, v in (("location", data_name), ("offset", str(pos)), ("length", str(len(blob)))):
                 e = t.external_data.add()
                 e.key, e.value = k, v
-            t.data_location = onnx.TensorProto.EXTERNAL
+    for node in m.graph.node:  # attribute tensors (Constant values): inline them again
+        for a in node.attribute:
+            for t in [a.t] + list(a.tensors):
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    blob = read_blob(t)
+                    del t.external_data[:]
+                    t.data_location = onnx.TensorProto.DEFAULT
+                    t.raw_data = blob
+    for t in onnx.external_data_helper._get_all_tensors(m):  # nothing else may point elsewhere
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            assert {e.key: e.value for e in t.external_data}["location"] == data_name, t.name
     onnx_tmp = os.path.join(out_dir, onnx_name + ".tmp")
     onnx.save(m, onnx_tmp)
     data_path = os.path.join(out_dir, data_name)
