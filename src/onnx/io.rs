@@ -16,8 +16,7 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
         path: path.into(),
         source,
     })?;
-    let mut model = decode_model(&bytes, path)?;
-    drop(bytes);
+    let mut model = decode_shared(Bytes::from(bytes), path)?;
     super::external::load_external_data(&mut model, path)?;
     Ok(model)
 }
