@@ -102,9 +102,17 @@ def build_model(spec):
     return model
 
 
+BATCH = 1  # set from --batch
+
+
+def stem(spec, seq):
+    """File stem: mamba130m_s128, or mamba130m_s128_b8 for batch 8."""
+    return f"{spec['prefix']}_s{seq}" + (f"_b{BATCH}" if BATCH != 1 else "")
+
+
 def make_inputs(spec, seq):
     g = torch.Generator().manual_seed(spec["seed"] + 12345 + seq)
-    return torch.randint(0, spec["vocab"], (1, seq), generator=g, dtype=torch.int64)
+    return torch.randint(0, spec["vocab"], (BATCH, seq), generator=g, dtype=torch.int64)
 
 
 def merge_external_data(tmp_dir, onnx_name, out_dir):
@@ -164,8 +172,8 @@ def merge_external_data(tmp_dir, onnx_name, out_dir):
 
 
 def export_one(model, spec, seq):
-    name = f"{spec['prefix']}_s{seq}.onnx"
-    tmp_dir = os.path.join(OUT, f".tmp_{spec['prefix']}_s{seq}")
+    name = f"{stem(spec, seq)}.onnx"
+    tmp_dir = os.path.join(OUT, f".tmp_{stem(spec, seq)}")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
     ids = make_inputs(spec, seq)
@@ -244,11 +252,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("seqs", nargs="*", type=int, default=[32, 128, 512])
     ap.add_argument("--size", choices=sorted(SIZES), default="130m")
+    ap.add_argument("--batch", type=int, default=1, help="static batch size of the export")
     ap.add_argument("--no-ort", action="store_true", help="skip the onnxruntime check")
     ap.add_argument("--ort-threads", type=int, default=1)
     ap.add_argument("--no-torch-ref", action="store_true",
                     help="skip the PyTorch forward used for the logits comparison")
     args = ap.parse_args()
+    global BATCH
+    BATCH = args.batch
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -303,7 +314,7 @@ def main():
             if not res["logits_finite"]:
                 log("  ERROR: non-finite logits")
         summary["peak_rss_gib"] = round(peak_rss_gib(), 2)
-        with open(os.path.join(OUT, f"{spec['prefix']}_s{seq}.json"), "w") as f:
+        with open(os.path.join(OUT, f"{stem(spec, seq)}.json"), "w") as f:
             json.dump(summary, f, sort_keys=True)
             f.write("\n")
 

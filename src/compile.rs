@@ -202,7 +202,7 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
     for (value, name, shape) in &outputs {
         emit::add_output(&mut graph, value, name, shape);
     }
-    topo::remove_dead_nodes(&mut graph, |n| n.name().starts_with("mambalrp/"));
+    topo::remove_dead_nodes(&mut graph, |n| n.name().starts_with("mambalrp/"))?;
     remove_unused_constants(&mut graph);
 
     let sites: Vec<String> = matches.enabled(&options.rules).map(|s| s.label()).collect();

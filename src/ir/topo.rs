@@ -4,6 +4,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use super::Graph;
 use crate::error::{Error, Result};
+use crate::onnx::proto::NodeProto;
 
 /// Node indices in an order where every node comes after the producers of its inputs.
 pub fn order(graph: &Graph) -> Result<Vec<usize>> {
@@ -50,44 +51,51 @@ pub fn order(graph: &Graph) -> Result<Vec<usize>> {
     Ok(sorted)
 }
 
-/// Removes nodes whose outputs nobody reads, among those `removable` allows.
-pub fn remove_dead_nodes(
-    graph: &mut Graph,
-    removable: impl Fn(&crate::onnx::proto::NodeProto) -> bool,
-) {
-    loop {
-        let mut used: HashSet<&str> = graph.proto.output.iter().map(|o| o.name()).collect();
-        for node in &graph.proto.node {
-            used.extend(node.input.iter().map(String::as_str));
+/// Names a node reads, including those its subgraphs (Scan, Loop, If bodies) read from the
+/// enclosing scope.
+fn reads(node: &NodeProto, into: &mut HashSet<String>) {
+    into.extend(node.input.iter().filter(|s| !s.is_empty()).cloned());
+    for attribute in &node.attribute {
+        for body in attribute.g.iter().chain(&attribute.graphs) {
+            body.node.iter().for_each(|n| reads(n, into));
         }
-        let dead: HashSet<usize> = graph
-            .proto
-            .node
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| removable(n) && n.output.iter().all(|o| !used.contains(o.as_str())))
-            .map(|(i, _)| i)
-            .collect();
-        if dead.is_empty() {
-            graph.reindex();
-            return;
-        }
-        let mut index = 0;
-        graph.proto.node.retain(|_| {
-            index += 1;
-            !dead.contains(&(index - 1))
-        });
     }
+}
+
+/// Removes nodes whose outputs nobody reads, among those `removable` allows: one backward sweep
+/// in topological order, so a dead chain of any length goes at once.
+pub fn remove_dead_nodes(graph: &mut Graph, removable: impl Fn(&NodeProto) -> bool) -> Result<()> {
+    let order = order(graph)?;
+    let mut needed: HashSet<String> = graph
+        .proto
+        .output
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    let mut live = vec![false; graph.proto.node.len()];
+    for &index in order.iter().rev() {
+        let node = &graph.proto.node[index];
+        if !removable(node) || node.output.iter().any(|o| needed.contains(o)) {
+            live[index] = true;
+            reads(node, &mut needed);
+        }
+    }
+    let mut index = 0;
+    graph.proto.node.retain(|_| {
+        index += 1;
+        live[index - 1]
+    });
+    graph.reindex();
+    Ok(())
 }
 
 /// Reorders the nodes topologically (a rewrite may have appended a producer after its readers).
 pub fn sort_nodes(graph: &mut Graph) -> Result<()> {
     let order = order(graph)?;
-    let mut nodes: Vec<Option<crate::onnx::proto::NodeProto>> =
-        std::mem::take(&mut graph.proto.node)
-            .into_iter()
-            .map(Some)
-            .collect();
+    let mut nodes: Vec<Option<NodeProto>> = std::mem::take(&mut graph.proto.node)
+        .into_iter()
+        .map(Some)
+        .collect();
     graph.proto.node = order.into_iter().filter_map(|i| nodes[i].take()).collect();
     graph.reindex();
     Ok(())

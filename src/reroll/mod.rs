@@ -74,7 +74,7 @@ pub fn reroll(graph: &mut Graph, keep_states: bool) -> Result<usize> {
         concats.insert(chain.concat_node.clone());
     }
     graph.proto.node.retain(|n| !concats.contains(n.name()));
-    topo::remove_dead_nodes(graph, |_| true);
+    topo::remove_dead_nodes(graph, |_| true)?;
     topo::sort_nodes(graph)?;
     let used_after = used_values(graph);
     graph
