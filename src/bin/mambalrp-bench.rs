@@ -43,11 +43,9 @@ struct Timing {
 }
 
 fn time_ort(path: &Path, inputs: &[(String, Tensor)], runs: usize) -> anyhow::Result<Timing> {
-    let model = onnx::load_model(path)?;
     let start = Instant::now();
-    let mut session = OrtModel::new(&model)?;
+    let mut session = OrtModel::from_file(path)?;
     let session_seconds = start.elapsed().as_secs_f64();
-    drop(model);
     let names: Vec<String> = session.input_names();
     let feed: Vec<(String, Tensor)> = inputs
         .iter()
@@ -68,8 +66,10 @@ fn time_ort(path: &Path, inputs: &[(String, Tensor)], runs: usize) -> anyhow::Re
     })
 }
 
+/// Node count, reading the graph only (not the external weights).
 fn node_count(path: &Path) -> anyhow::Result<usize> {
-    Ok(onnx::load_model(path)?.graph.map_or(0, |g| g.node.len()))
+    let bytes = std::fs::read(path)?;
+    Ok(onnx::io::decode_model(&bytes, path)?.graph.map_or(0, |g| g.node.len()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,10 +89,11 @@ fn main() -> anyhow::Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let model = onnx::load_model(model_path)?;
-        let graph = mambalrp::ir::Graph::from_model(&model)?;
+        // Input shapes only need the graph, not the weights.
+        let graph_only = onnx::io::decode_model(&std::fs::read(model_path)?, model_path)?;
+        let graph = mambalrp::ir::Graph::from_model(&graph_only)?;
         let inputs = generated_inputs(&graph)?;
-        drop((graph, model));
+        drop((graph, graph_only));
         let original_nodes = node_count(model_path)?;
         let original = time_ort(model_path, &inputs, args.runs)
             .with_context(|| format!("running {}", model_path.display()))?;

@@ -91,12 +91,19 @@ pub struct OrtModel {
 impl OrtModel {
     pub fn new(model: &ModelProto) -> Result<OrtModel> {
         let bytes = encode_model(model);
+        Self::build(|builder| builder.commit_from_memory(&bytes))
+    }
+
+    /// Loads from a file, letting ONNX Runtime read external data next to it (needed above the
+    /// 2 GiB protobuf limit).
+    pub fn from_file(path: &std::path::Path) -> Result<OrtModel> {
+        Self::build(|builder| builder.commit_from_file(path))
+    }
+
+    fn build(commit: impl FnOnce(&mut ort::session::builder::SessionBuilder) -> ort::Result<Session>) -> Result<OrtModel> {
         let session = Session::builder(environment()?)
-            .and_then(|b| {
-                b.with_optimization_level(GraphOptimizationLevel::All)
-                    .map_err(Into::into)
-            })
-            .and_then(|mut b| b.commit_from_memory(&bytes))
+            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::All).map_err(Into::into))
+            .and_then(|mut b| commit(&mut b))
             .map_err(runtime_error)?;
         Ok(OrtModel { session })
     }
