@@ -158,7 +158,7 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
     };
     let (relevance_embedding, relevance) = per_token(&mut graph, &embeddings, &embedding_grad);
     let bias = match grads.bias_terms.as_slice() {
-        [] => graph.op_zeros(&[batch]),
+        [] => graph.op_zeros_like(&explained.logit),
         terms => graph.op_sum(terms),
     };
     let mut outputs = vec![
@@ -187,7 +187,7 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         for value in &matches.norm_inputs {
             let grad = match grads.cotangent(&mut graph, value)? {
                 Some(g) => g,
-                None => graph.op_zeros(graph.shape(value)?.to_vec().as_slice()),
+                None => graph.op_zeros_like(value),
             };
             let (_, tokens) = per_token(&mut graph, value, &grad);
             rows.push(graph.op_unsqueeze(&tokens, &[0]));

@@ -204,8 +204,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
             }
         }
         "Unsqueeze" | "Squeeze" | "Reshape" | "Flatten" => {
-            let shape = input_shape(graph, 0)?;
-            out.push(full(0, graph.op_reshape(&g, &shape)));
+            out.push(full(0, graph.op_reshape_like(&g, &node.input[0])));
         }
         "Transpose" => {
             let rank = out_shape.len() as i64;
@@ -223,16 +222,13 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
         "ReduceSum" | "ReduceMean" => {
             let shape = input_shape(graph, 0)?;
             let (axes, keep) = reduction(graph, node, &shape)?;
-            let kept = if keep {
+            let kept = if keep || axes.is_empty() {
                 g
             } else {
-                let mut kept_shape = shape.clone();
-                for &a in &axes {
-                    kept_shape[a] = 1;
-                }
-                graph.op_reshape(&g, &kept_shape)
+                let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+                graph.op_unsqueeze(&g, &axes)
             };
-            let mut spread = graph.op_expand(&kept, &shape);
+            let mut spread = graph.op_expand_like(&kept, &node.input[0]);
             if node.op_type() == "ReduceMean" {
                 let count: usize = axes.iter().map(|&a| shape[a]).product();
                 spread = graph.op_scale(&spread, 1.0 / count.max(1) as f32);
@@ -259,16 +255,12 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                 shape.len(),
                 node,
             )?;
-            let sizes = split_sizes(graph, node, shape[axis])?;
+            let parts_count = split_sizes(graph, node, shape[axis])?.len();
             let mut parts = Vec::new();
-            for (i, &size) in sizes.iter().enumerate() {
+            for i in 0..parts_count {
                 match step.out_grads.get(i).cloned().flatten() {
                     Some(gi) => parts.push(gi),
-                    None => {
-                        let mut s = shape.clone();
-                        s[axis] = size;
-                        parts.push(graph.op_zeros(&s));
-                    }
+                    None => parts.push(graph.op_zeros_like(&node.output[i])),
                 }
             }
             out.push(full(0, graph.op_concat(&parts, axis)));
@@ -515,8 +507,8 @@ fn selective_scan_backward(
     if grad_state.is_none() && grad_y.is_none() {
         return Ok((vec![], None));
     }
-    let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros(&[b, d, s]));
-    let carry = grad_state.unwrap_or_else(|| graph.op_zeros(&[b, d, n]));
+    let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros_like(&node.output[1]));
+    let carry = grad_state.unwrap_or_else(|| graph.op_zeros_like(h0));
     let body = backward_body(graph, (b, d, n));
     let attrs = vec![
         make_graph("body", body),
@@ -565,7 +557,7 @@ fn selective_scan_backward(
         if step.carries[1] {
             let first = graph.op_unsqueeze(h0, &[2]);
             let previous = if s > 1 {
-                let shifted = graph.op_slice(states, 2, 0, s - 1);
+                let shifted = graph.op_slice_signed(states, 2, 0, -1);
                 graph.op_concat(&[first, shifted], 2)
             } else {
                 first

@@ -45,8 +45,8 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
         )));
     }
     let last = match positions {
-        Some(s) => {
-            let index = graph.scalar_i64(s as i64 - 1);
+        Some(_) => {
+            let index = graph.scalar_i64(-1);
             graph.add_node("Gather", &[&logits, &index], vec![make_int("axis", 1)])
         }
         None => logits.clone(),
@@ -73,14 +73,18 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
     );
     let logit = graph.op_squeeze(&picked, &[1]);
 
-    let place = |graph: &mut Graph, per_sample: String| match positions {
-        Some(s) => {
+    // The seed row goes to the last position of `like` ([batch, seq, ..]); the padding is
+    // computed from its runtime length, so no sequence length is baked in.
+    let place = |graph: &mut Graph, per_sample: String, like: &str| match positions {
+        Some(_) => {
             let row = graph.op_unsqueeze(&per_sample, &[1]);
-            if s > 1 {
-                graph.op_pad(&row, &[0, s - 1, 0], &[0, 0, 0])
-            } else {
-                row
-            }
+            let shape = graph.add_node("Shape", &[like], vec![]);
+            let axis1 = graph.const_i64(&[1]);
+            let length = graph.add_node("Gather", &[&shape, &axis1], vec![make_int("axis", 0)]);
+            let before = graph.op_binary("Sub", &length, &axis1);
+            let (zero, zeros) = (graph.const_i64(&[0]), graph.const_i64(&[0, 0, 0, 0]));
+            let pads = graph.add_node("Concat", &[&zero, &before, &zeros], vec![make_int("axis", 0)]);
+            graph.add_node("Pad", &[&row, &pads], vec![])
         }
         None => per_sample,
     };
@@ -89,7 +93,8 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
         Some((hidden, weight)) => {
             let columns = graph.add_node("Gather", &[&weight, &target], vec![make_int("axis", 1)]);
             let rows = graph.op_transpose(&columns, &[1, 0]);
-            vec![(hidden, place(graph, rows))]
+            let seed = place(graph, rows, &hidden);
+            vec![(hidden, seed)]
         }
         None => {
             let depth = graph.const_i64(&[classes as i64]);
@@ -101,7 +106,8 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
                 &[&target, &depth, &values],
                 vec![make_int("axis", -1)],
             );
-            vec![(logits.clone(), place(graph, one_hot))]
+            let seed = place(graph, one_hot, &logits);
+            vec![(logits.clone(), seed)]
         }
     };
     Ok(Explained {

@@ -71,6 +71,24 @@ impl Graph {
         self.add_node("Expand", &[x, &s], vec![])
     }
 
+    /// `x` reshaped to the runtime shape of `like` (no static dims baked in).
+    pub fn op_reshape_like(&mut self, x: &str, like: &str) -> String {
+        let shape = self.add_node("Shape", &[like], vec![]);
+        self.add_node("Reshape", &[x, &shape], vec![])
+    }
+
+    /// `x` broadcast to the runtime shape of `like`.
+    pub fn op_expand_like(&mut self, x: &str, like: &str) -> String {
+        let shape = self.add_node("Shape", &[like], vec![]);
+        self.add_node("Expand", &[x, &shape], vec![])
+    }
+
+    /// Float zeros with the runtime shape of `like`.
+    pub fn op_zeros_like(&mut self, like: &str) -> String {
+        let zero = self.scalar_f32(0.0);
+        self.op_expand_like(&zero, like)
+    }
+
     pub fn op_zeros(&mut self, shape: &[usize]) -> String {
         let zero = self.scalar_f32(0.0);
         self.op_expand(&zero, shape)
@@ -84,9 +102,14 @@ impl Graph {
     }
 
     pub fn op_slice(&mut self, x: &str, axis: usize, start: usize, end: usize) -> String {
+        self.op_slice_signed(x, axis, start as i64, end as i64)
+    }
+
+    /// Slice with ONNX index semantics (negative indices count from the end).
+    pub fn op_slice_signed(&mut self, x: &str, axis: usize, start: i64, end: i64) -> String {
         let (s, e, a) = (
-            self.const_i64(&[start as i64]),
-            self.const_i64(&[end as i64]),
+            self.const_i64(&[start]),
+            self.const_i64(&[end]),
             self.const_i64(&[axis as i64]),
         );
         self.add_node("Slice", &[x, &s, &e, &a], vec![])
@@ -121,15 +144,9 @@ impl Graph {
             .filter(|&i| i < lead || (to[i - lead] == 1 && from[i] != 1))
             .map(|i| i as i64)
             .collect();
-        let reduced = if axes.is_empty() {
-            g.to_string()
-        } else {
-            self.op_reduce_sum(g, &axes, true)
-        };
-        Ok(if from.len() == to.len() {
-            reduced
-        } else {
-            self.op_reshape(&reduced, to)
-        })
+        let reduced = if axes.is_empty() { g.to_string() } else { self.op_reduce_sum(g, &axes, true) };
+        // Drop the leading broadcast axes; no static shape is baked in.
+        let leading: Vec<i64> = (0..lead as i64).collect();
+        Ok(if leading.is_empty() { reduced } else { self.op_squeeze(&reduced, &leading) })
     }
 }
