@@ -19,6 +19,8 @@ pub struct Options {
     pub emit_embedding: bool,
     pub emit_layers: bool,
     pub scan: ScanForm,
+    /// Emit a symbolic sequence axis (needs the rolled scan).
+    pub dynamic_sequence: bool,
 }
 
 impl Default for Options {
@@ -29,6 +31,7 @@ impl Default for Options {
             emit_embedding: false,
             emit_layers: false,
             scan: ScanForm::Rolled,
+            dynamic_sequence: false,
         }
     }
 }
@@ -203,6 +206,21 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         emit::add_output(&mut graph, value, name, shape);
     }
     topo::remove_dead_nodes(&mut graph, |n| n.name().starts_with("mambalrp/"))?;
+    if options.dynamic_sequence {
+        let ssm_sites = matches.count(rules::Rule::Ssm);
+        if rerolled_scans < ssm_sites {
+            return Err(Error::Unsupported(format!(
+                "--dynamic-seq needs every selective scan re-rolled ({rerolled_scans} of {ssm_sites} were; use --scan rolled)"
+            )));
+        }
+        let token_inputs: Vec<String> = match graph.producer(&embeddings) {
+            Some((_, gather)) => vec![gather.input[1].clone()],
+            None => vec![embeddings.clone()],
+        };
+        emit::make_sequence_symbolic(&mut graph, seq, &token_inputs)?;
+        // The traced Slice bounds it replaced are now unused.
+        topo::remove_dead_nodes(&mut graph, |n| n.op_type() == "Constant")?;
+    }
     remove_unused_constants(&mut graph);
 
     let sites: Vec<String> = matches.enabled(&options.rules).map(|s| s.label()).collect();
@@ -264,6 +282,18 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
             ),
         ],
     );
+    if options.dynamic_sequence {
+        emit::add_metadata(
+            &mut compiled,
+            &[
+                (
+                    "mambalrp.dynamic_axes",
+                    crate::ir::SEQUENCE_AXIS.to_string(),
+                ),
+                (crate::ir::SEQUENCE_LENGTH_KEY, seq.to_string()),
+            ],
+        );
+    }
     Ok(Compiled {
         model: compiled,
         report,

@@ -1,19 +1,20 @@
 //! The library's error type: every failure names the file, node, op or tensor it is about.
+//! Underlying I/O and decoding errors are sources, not repeated in the message.
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not an ONNX model (protobuf decoding failed: {source})")]
+    #[error("{path} is not an ONNX model (protobuf decoding failed)")]
     Decode {
         path: PathBuf,
         source: prost::DecodeError,

@@ -23,24 +23,52 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
     for fixture in FIXTURES {
         for exporter in EXPORTERS {
             let model = load(fixture, exporter);
-            for (label, rules, target, scan) in [
-                ("lrp", "mambalrp", TargetMode::Argmax, ScanForm::Rolled),
+            let variants = [
+                (
+                    "lrp",
+                    "mambalrp",
+                    TargetMode::Argmax,
+                    ScanForm::Rolled,
+                    false,
+                ),
                 (
                     "lrp_unrolled",
                     "mambalrp",
                     TargetMode::Argmax,
                     ScanForm::Unrolled,
+                    false,
                 ),
-                ("gi", "gi", TargetMode::Argmax, ScanForm::Rolled),
-                ("gi_unrolled", "gi", TargetMode::Argmax, ScanForm::Unrolled),
-                ("target", "mambalrp", TargetMode::Input, ScanForm::Rolled),
-            ] {
+                (
+                    "lrp_dynamic",
+                    "mambalrp",
+                    TargetMode::Argmax,
+                    ScanForm::Rolled,
+                    true,
+                ),
+                ("gi", "gi", TargetMode::Argmax, ScanForm::Rolled, false),
+                (
+                    "gi_unrolled",
+                    "gi",
+                    TargetMode::Argmax,
+                    ScanForm::Unrolled,
+                    false,
+                ),
+                (
+                    "target_dynamic",
+                    "mambalrp",
+                    TargetMode::Input,
+                    ScanForm::Rolled,
+                    true,
+                ),
+            ];
+            for (label, rules, target, scan, dynamic_sequence) in variants {
                 let options = Options {
                     rules: rules.parse().unwrap(),
                     target,
                     emit_embedding: true,
                     emit_layers: true,
                     scan,
+                    dynamic_sequence,
                 };
                 let compiled = compile(&model, &options).unwrap().model;
                 let path = dir.path().join(format!("{fixture}{exporter}_{label}.onnx"));

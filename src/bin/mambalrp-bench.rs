@@ -69,7 +69,9 @@ fn time_ort(path: &Path, inputs: &[(String, Tensor)], runs: usize) -> anyhow::Re
 /// Node count, reading the graph only (not the external weights).
 fn node_count(path: &Path) -> anyhow::Result<usize> {
     let bytes = std::fs::read(path)?;
-    Ok(onnx::io::decode_model(&bytes, path)?.graph.map_or(0, |g| g.node.len()))
+    Ok(onnx::io::decode_model(&bytes, path)?
+        .graph
+        .map_or(0, |g| g.node.len()))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -73,18 +73,14 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
     );
     let logit = graph.op_squeeze(&picked, &[1]);
 
-    // The seed row goes to the last position of `like` ([batch, seq, ..]); the padding is
-    // computed from its runtime length, so no sequence length is baked in.
+    // The seed row goes to the last position of `like` ([batch, seq, ..]), after zeros shaped
+    // like all earlier positions: no sequence length is baked in.
     let place = |graph: &mut Graph, per_sample: String, like: &str| match positions {
         Some(_) => {
             let row = graph.op_unsqueeze(&per_sample, &[1]);
-            let shape = graph.add_node("Shape", &[like], vec![]);
-            let axis1 = graph.const_i64(&[1]);
-            let length = graph.add_node("Gather", &[&shape, &axis1], vec![make_int("axis", 0)]);
-            let before = graph.op_binary("Sub", &length, &axis1);
-            let (zero, zeros) = (graph.const_i64(&[0]), graph.const_i64(&[0, 0, 0, 0]));
-            let pads = graph.add_node("Concat", &[&zero, &before, &zeros], vec![make_int("axis", 0)]);
-            graph.add_node("Pad", &[&row, &pads], vec![])
+            let earlier = graph.op_slice_signed(like, 1, 0, -1);
+            let zeros = graph.op_zeros_like(&earlier);
+            graph.op_concat(&[zeros, row], 1)
         }
         None => per_sample,
     };

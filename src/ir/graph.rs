@@ -25,8 +25,15 @@ impl ValueType {
     }
 }
 
+/// Name of the symbolic sequence axis in models compiled with `--dynamic-seq`.
+pub const SEQUENCE_AXIS: &str = "sequence";
+/// Metadata key recording the sequence length such a model was traced at.
+pub const SEQUENCE_LENGTH_KEY: &str = "mambalrp.traced_sequence_length";
+
 pub struct Graph {
     pub proto: GraphProto,
+    /// Values of named dims (only the traced sequence length, for `--dynamic-seq` models).
+    pub symbolic_dims: HashMap<String, usize>,
     /// Version of the default-domain opset the model imports.
     pub opset: i64,
     pub(super) types: HashMap<String, ValueType>,
@@ -43,6 +50,7 @@ impl Graph {
     /// Builds the view of `model`'s main graph and infers static types for every value.
     pub fn from_model(model: &ModelProto) -> Result<Graph> {
         let mut shell = ModelProto {
+            metadata_props: model.metadata_props.clone(),
             graph: model.graph.clone(),
             opset_import: model.opset_import.clone(),
             ..Default::default()
@@ -65,9 +73,19 @@ impl Graph {
             .ok_or_else(|| {
                 Error::Unsupported("model imports no default-domain (ai.onnx) opset".into())
             })?;
+        // A model compiled with a symbolic sequence axis records the length it was traced at;
+        // analysis runs at that length.
+        let symbolic_dims = model
+            .metadata_props
+            .iter()
+            .filter(|p| p.key() == SEQUENCE_LENGTH_KEY)
+            .filter_map(|p| p.value().parse().ok())
+            .map(|length| (SEQUENCE_AXIS.to_string(), length))
+            .collect();
         let mut graph = Graph {
             proto,
             opset,
+            symbolic_dims,
             types: HashMap::new(),
             constants: HashMap::new(),
             initializer_names: HashSet::new(),
@@ -126,7 +144,7 @@ impl Graph {
     }
 
     /// Rebuilds the producer and consumer indexes after nodes were removed.
-    pub(crate) fn reindex(&mut self) {
+    pub fn reindex(&mut self) {
         self.producers.clear();
         self.consumers.clear();
         for index in 0..self.proto.node.len() {

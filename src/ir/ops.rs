@@ -144,9 +144,17 @@ impl Graph {
             .filter(|&i| i < lead || (to[i - lead] == 1 && from[i] != 1))
             .map(|i| i as i64)
             .collect();
-        let reduced = if axes.is_empty() { g.to_string() } else { self.op_reduce_sum(g, &axes, true) };
+        let reduced = if axes.is_empty() {
+            g.to_string()
+        } else {
+            self.op_reduce_sum(g, &axes, true)
+        };
         // Drop the leading broadcast axes; no static shape is baked in.
         let leading: Vec<i64> = (0..lead as i64).collect();
-        Ok(if leading.is_empty() { reduced } else { self.op_squeeze(&reduced, &leading) })
+        Ok(if leading.is_empty() {
+            reduced
+        } else {
+            self.op_squeeze(&reduced, &leading)
+        })
     }
 }

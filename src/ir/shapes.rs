@@ -20,7 +20,7 @@ pub(super) fn infer(graph: &mut Graph) -> Result<()> {
         .collect();
     let mut hints = std::collections::HashMap::new();
     for vi in &declared {
-        if let Some(t) = static_type(vi) {
+        if let Some(t) = static_type_with(vi, &graph.symbolic_dims) {
             hints.insert(vi.name().to_string(), t);
         }
     }
@@ -61,13 +61,21 @@ pub(super) fn infer(graph: &mut Graph) -> Result<()> {
 
 /// The static type declared by a `ValueInfoProto`, if it is a tensor with fixed dims.
 pub fn static_type(vi: &ValueInfoProto) -> Option<ValueType> {
+    static_type_with(vi, &std::collections::HashMap::new())
+}
+
+/// Like [`static_type`], reading named (symbolic) dims from `symbols`.
+pub fn static_type_with(
+    vi: &ValueInfoProto,
+    symbols: &std::collections::HashMap<String, usize>,
+) -> Option<ValueType> {
+    use crate::onnx::proto::tensor_shape_proto::dimension::Value;
     let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref()?.value.as_ref() else {
         return None;
     };
-    let dims = t.shape.as_ref()?.dim.iter().map(|d| match d.value {
-        Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(v)) if v >= 0 => {
-            Some(v as usize)
-        }
+    let dims = t.shape.as_ref()?.dim.iter().map(|d| match &d.value {
+        Some(Value::DimValue(v)) if *v >= 0 => Some(*v as usize),
+        Some(Value::DimParam(name)) => symbols.get(name).copied(),
         _ => None,
     });
     Some(ValueType {

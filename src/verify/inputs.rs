@@ -129,7 +129,16 @@ pub fn validate_inputs(graph: &Graph, inputs: &[(String, Tensor)], source: &str)
                 t.dtype
             ));
         }
-        if value.shape() != t.shape.as_slice() {
+        // Symbolic axes (a `--dynamic-seq` model's sequence) take any length.
+        let symbolic = symbolic_axes(graph, name);
+        let fits = value.shape().len() == t.shape.len()
+            && value
+                .shape()
+                .iter()
+                .zip(&t.shape)
+                .enumerate()
+                .all(|(axis, (got, want))| got == want || symbolic.contains(&axis));
+        if !fits {
             return bad(format!(
                 "input '{name}' has shape {:?} but the model wants {:?}",
                 value.shape(),
@@ -143,4 +152,26 @@ pub fn validate_inputs(graph: &Graph, inputs: &[(String, Tensor)], source: &str)
         }
     }
     Ok(())
+}
+
+/// Axes of a graph input declared with a named (symbolic) dim.
+fn symbolic_axes(graph: &Graph, input: &str) -> Vec<usize> {
+    use crate::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let declared = graph
+        .proto
+        .input
+        .iter()
+        .find(|i| i.name() == input)
+        .and_then(|i| i.r#type.as_ref())
+        .and_then(|t| t.value.as_ref());
+    match declared {
+        Some(type_proto::Value::TensorType(t)) => t
+            .shape
+            .iter()
+            .flat_map(|s| s.dim.iter().enumerate())
+            .filter(|(_, d)| matches!(d.value, Some(Value::DimParam(_))))
+            .map(|(axis, _)| axis)
+            .collect(),
+        _ => vec![],
+    }
 }

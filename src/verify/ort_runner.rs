@@ -68,7 +68,10 @@ fn environment() -> Result<&'static Environment> {
     static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
     ENVIRONMENT
         .get_or_init(|| {
-            let path = ort_library_path().map_err(|e| e.to_string())?;
+            let path = ort_library_path().map_err(|e| match e {
+                Error::Runtime { message, .. } => message,
+                other => other.to_string(),
+            })?;
             let builder = ort::init_from(&path)
                 .map_err(|e| format!("cannot load {}: {e}; {INSTALL_HINT}", path.display()))?;
             builder
@@ -100,9 +103,14 @@ impl OrtModel {
         Self::build(|builder| builder.commit_from_file(path))
     }
 
-    fn build(commit: impl FnOnce(&mut ort::session::builder::SessionBuilder) -> ort::Result<Session>) -> Result<OrtModel> {
+    fn build(
+        commit: impl FnOnce(&mut ort::session::builder::SessionBuilder) -> ort::Result<Session>,
+    ) -> Result<OrtModel> {
         let session = Session::builder(environment()?)
-            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::All).map_err(Into::into))
+            .and_then(|b| {
+                b.with_optimization_level(GraphOptimizationLevel::All)
+                    .map_err(Into::into)
+            })
             .and_then(|mut b| commit(&mut b))
             .map_err(runtime_error)?;
         Ok(OrtModel { session })

@@ -45,8 +45,20 @@ pub fn run_tract(
         ordered.push(tensor);
     }
     let bytes = encode_model(model);
+    // The actual inputs fix every symbolic dim (e.g. a `--dynamic-seq` model's sequence axis),
+    // so tract types the whole graph concretely.
+    let facts: Vec<InferenceFact> = ordered
+        .iter()
+        .map(|t| InferenceFact::dt_shape(t.datum_type(), t.shape()))
+        .collect();
     let plan = tract_onnx::onnx()
         .model_for_read(&mut bytes.as_slice())
+        .and_then(|mut m| {
+            for (i, fact) in facts.into_iter().enumerate() {
+                m.set_input_fact(i, fact)?;
+            }
+            Ok(m)
+        })
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .map_err(runtime_error)?;

@@ -55,6 +55,10 @@ pub struct CompileArgs {
     /// the sequence length) or unrolled (as exported).
     #[arg(long, default_value = "rolled")]
     scan: ScanForm,
+    /// Make the sequence axis symbolic, so one compiled model explains any length (needs the
+    /// rolled scan; verification runs at the traced length).
+    #[arg(long)]
+    dynamic_seq: bool,
     /// Store the weights in OUTPUT.data next to the model (automatic above 2 GiB).
     #[arg(long)]
     external_data: bool,
@@ -136,6 +140,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         emit_embedding: args.emit.contains(&Emit::Embedding),
         emit_layers: args.emit.contains(&Emit::Layers),
         scan: args.scan,
+        dynamic_sequence: args.dynamic_seq,
     };
     // Verification runs the original too; without it the weights are held once.
     let original = (!args.no_verify).then(|| model.clone());
