@@ -21,6 +21,8 @@ pub struct Options {
     pub scan: ScanForm,
     /// Emit a symbolic sequence axis (needs the rolled scan).
     pub dynamic_sequence: bool,
+    /// Emit a symbolic batch axis (needs the rolled scan).
+    pub dynamic_batch: bool,
 }
 
 impl Default for Options {
@@ -32,6 +34,7 @@ impl Default for Options {
             emit_layers: false,
             scan: ScanForm::Rolled,
             dynamic_sequence: false,
+            dynamic_batch: false,
         }
     }
 }
@@ -206,19 +209,28 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         emit::add_output(&mut graph, value, name, shape);
     }
     topo::remove_dead_nodes(&mut graph, |n| n.name().starts_with("mambalrp/"))?;
-    if options.dynamic_sequence {
+    if options.dynamic_sequence || options.dynamic_batch {
         let ssm_sites = matches.count(rules::Rule::Ssm);
         if rerolled_scans < ssm_sites {
             return Err(Error::Unsupported(format!(
-                "--dynamic-seq needs every selective scan re-rolled ({rerolled_scans} of {ssm_sites} were; use --scan rolled)"
+                "--dynamic-seq/--dynamic-batch need every selective scan re-rolled ({rerolled_scans} of {ssm_sites} were; use --scan rolled)"
             )));
         }
         let token_inputs: Vec<String> = match graph.producer(&embeddings) {
             Some((_, gather)) => vec![gather.input[1].clone()],
             None => vec![embeddings.clone()],
         };
-        emit::make_sequence_symbolic(&mut graph, seq, &token_inputs)?;
-        // The traced Slice bounds it replaced are now unused.
+        if options.dynamic_sequence {
+            emit::make_sequence_symbolic(&mut graph, seq, &token_inputs)?;
+        }
+        if options.dynamic_batch {
+            let mut batch_inputs = token_inputs.clone();
+            if options.target == TargetMode::Input {
+                batch_inputs.push(emit::TARGET_INPUT.to_string());
+            }
+            emit::make_batch_symbolic(&mut graph, batch, &batch_inputs, &token_inputs[0])?;
+        }
+        // Constants the rewrites replaced are now unused.
         topo::remove_dead_nodes(&mut graph, |n| n.op_type() == "Constant")?;
     }
     remove_unused_constants(&mut graph);
@@ -282,17 +294,26 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
             ),
         ],
     );
+    let mut dynamic = Vec::new();
+    if options.dynamic_batch {
+        dynamic.push((crate::ir::BATCH_AXIS, crate::ir::BATCH_SIZE_KEY, batch));
+    }
     if options.dynamic_sequence {
-        emit::add_metadata(
-            &mut compiled,
-            &[
-                (
-                    "mambalrp.dynamic_axes",
-                    crate::ir::SEQUENCE_AXIS.to_string(),
-                ),
-                (crate::ir::SEQUENCE_LENGTH_KEY, seq.to_string()),
-            ],
+        dynamic.push((
+            crate::ir::SEQUENCE_AXIS,
+            crate::ir::SEQUENCE_LENGTH_KEY,
+            seq,
+        ));
+    }
+    if !dynamic.is_empty() {
+        let axes: Vec<&str> = dynamic.iter().map(|(axis, _, _)| *axis).collect();
+        let mut entries = vec![("mambalrp.dynamic_axes", axes.join(","))];
+        entries.extend(
+            dynamic
+                .iter()
+                .map(|(_, key, traced)| (*key, traced.to_string())),
         );
+        emit::add_metadata(&mut compiled, &entries);
     }
     Ok(Compiled {
         model: compiled,

@@ -60,6 +60,13 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
                     ScanForm::Rolled,
                     true,
                 ),
+                (
+                    "gi_dynamic",
+                    "gi",
+                    TargetMode::Argmax,
+                    ScanForm::Rolled,
+                    true,
+                ),
             ];
             for (label, rules, target, scan, dynamic_sequence) in variants {
                 let options = Options {
@@ -69,6 +76,7 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
                     emit_layers: true,
                     scan,
                     dynamic_sequence,
+                    dynamic_batch: dynamic_sequence,
                 };
                 let compiled = compile(&model, &options).unwrap().model;
                 let path = dir.path().join(format!("{fixture}{exporter}_{label}.onnx"));

@@ -7,7 +7,7 @@ use crate::ir::shapes::{normalize_axis, reduction, slice_spec, split_sizes};
 use crate::ir::Graph;
 use crate::onnx::attributes::{self, make_graph, make_int, make_ints};
 use crate::onnx::proto::NodeProto;
-use crate::reroll::{backward_body, SELECTIVE_SCAN};
+use crate::reroll::backward_body;
 
 pub(super) struct Step<'a> {
     pub node: &'a NodeProto,
@@ -473,11 +473,7 @@ fn conv_input_gradient(
 }
 
 pub(super) fn is_selective_scan(node: &NodeProto) -> bool {
-    node.op_type() == "Scan"
-        && node
-            .name()
-            .starts_with(&format!("mambalrp/{SELECTIVE_SCAN}_"))
-        && node.input.len() == 4
+    crate::reroll::is_forward_scan(node)
 }
 
 /// Backward of `Scan(h0, dA, dBu, C) -> (h_last, Y[, H])`: a reverse-time Scan gives

@@ -1,11 +1,11 @@
 //! Everything the compiled model adds around the backward pass: which logit is explained, the
 //! seed cotangent, the relevance outputs and the metadata.
-mod dynamic_seq;
+mod dynamic_axes;
 mod outputs;
 mod source;
 mod target;
 
-pub use dynamic_seq::make_sequence_symbolic;
+pub use dynamic_axes::{make_batch_symbolic, make_sequence_symbolic};
 pub use outputs::{
     add_metadata, add_output, value_info, RELEVANCE, RELEVANCE_BIAS, RELEVANCE_EMBEDDING,
     RELEVANCE_LAYERS, RELEVANCE_TARGET_LOGIT,

@@ -29,6 +29,10 @@ impl ValueType {
 pub const SEQUENCE_AXIS: &str = "sequence";
 /// Metadata key recording the sequence length such a model was traced at.
 pub const SEQUENCE_LENGTH_KEY: &str = "mambalrp.traced_sequence_length";
+/// Name of the symbolic batch axis in models compiled with `--dynamic-batch`.
+pub const BATCH_AXIS: &str = "batch";
+/// Metadata key recording the batch size such a model was traced at.
+pub const BATCH_SIZE_KEY: &str = "mambalrp.traced_batch_size";
 
 pub struct Graph {
     pub proto: GraphProto,
@@ -78,9 +82,11 @@ impl Graph {
         let symbolic_dims = model
             .metadata_props
             .iter()
-            .filter(|p| p.key() == SEQUENCE_LENGTH_KEY)
-            .filter_map(|p| p.value().parse().ok())
-            .map(|length| (SEQUENCE_AXIS.to_string(), length))
+            .filter_map(|p| match p.key() {
+                SEQUENCE_LENGTH_KEY => Some((SEQUENCE_AXIS.to_string(), p.value().parse().ok()?)),
+                BATCH_SIZE_KEY => Some((BATCH_AXIS.to_string(), p.value().parse().ok()?)),
+                _ => None,
+            })
             .collect();
         let mut graph = Graph {
             proto,

@@ -7,4 +7,4 @@ mod ops;
 pub mod shapes;
 pub mod topo;
 
-pub use graph::{Graph, ValueType, SEQUENCE_AXIS, SEQUENCE_LENGTH_KEY};
+pub use graph::{Graph, ValueType, BATCH_AXIS, BATCH_SIZE_KEY, SEQUENCE_AXIS, SEQUENCE_LENGTH_KEY};

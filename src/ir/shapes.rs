@@ -64,6 +64,23 @@ pub fn static_type(vi: &ValueInfoProto) -> Option<ValueType> {
     static_type_with(vi, &std::collections::HashMap::new())
 }
 
+/// Element type and dims of a declared tensor type; unknown dims are `None`.
+fn declared_dims(
+    vi: &ValueInfoProto,
+    symbols: &std::collections::HashMap<String, usize>,
+) -> Option<(i32, Vec<Option<usize>>)> {
+    use crate::onnx::proto::tensor_shape_proto::dimension::Value;
+    let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    let dims = t.shape.as_ref()?.dim.iter().map(|d| match &d.value {
+        Some(Value::DimValue(v)) if *v >= 0 => Some(*v as usize),
+        Some(Value::DimParam(name)) => symbols.get(name).copied(),
+        _ => None,
+    });
+    Some((t.elem_type(), dims.collect()))
+}
+
 /// Like [`static_type`], reading named (symbolic) dims from `symbols`.
 pub fn static_type_with(
     vi: &ValueInfoProto,
@@ -759,10 +776,21 @@ fn scan_types(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
             types.push(Some(graph.value_type(&node.input[i])?.clone()));
             continue;
         }
+        // Dims a body leaves open (the batch axis of a `--dynamic-batch` model's scans) are
+        // those of the first initial state.
+        let state_shape = graph.shape(&node.input[0])?.to_vec();
         let declared = body
             .output
             .get(i)
-            .and_then(static_type)
+            .and_then(|vi| declared_dims(vi, &graph.symbolic_dims))
+            .and_then(|(dtype, dims)| {
+                let shape = dims
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| d.or_else(|| state_shape.get(k).copied()))
+                    .collect::<Option<Vec<_>>>();
+                shape.map(|shape| ValueType { dtype, shape })
+            })
             .ok_or_else(|| Error::node(node, "Scan body outputs need static types"))?;
         let mut shape = declared.shape.clone();
         let axis = normalize_axis(

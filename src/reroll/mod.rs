@@ -84,6 +84,17 @@ pub fn reroll(graph: &mut Graph, keep_states: bool) -> Result<usize> {
     Ok(chains.len())
 }
 
+/// True for the forward `Scan` nodes this pass creates (named `mambalrp/selective_scan_N`).
+pub fn is_forward_scan(node: &crate::onnx::proto::NodeProto) -> bool {
+    let prefix = format!("mambalrp/{SELECTIVE_SCAN}_");
+    node.op_type() == "Scan"
+        && node.input.len() == 4
+        && node
+            .name()
+            .strip_prefix(&prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn used_values(graph: &Graph) -> HashSet<String> {
     graph
         .nodes()

@@ -59,6 +59,10 @@ pub struct CompileArgs {
     /// rolled scan; verification runs at the traced length).
     #[arg(long)]
     dynamic_seq: bool,
+    /// Make the batch axis symbolic (needs the rolled scan; verification runs at the traced
+    /// batch size).
+    #[arg(long)]
+    dynamic_batch: bool,
     /// Store the weights in OUTPUT.data next to the model (automatic above 2 GiB).
     #[arg(long)]
     external_data: bool,
@@ -141,6 +145,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         emit_layers: args.emit.contains(&Emit::Layers),
         scan: args.scan,
         dynamic_sequence: args.dynamic_seq,
+        dynamic_batch: args.dynamic_batch,
     };
     // Verification runs the original too; without it the weights are held once.
     let original = (!args.no_verify).then(|| model.clone());

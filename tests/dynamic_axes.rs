@@ -1,4 +1,5 @@
-//! `--dynamic-seq`: a model exported at S=8, compiled once, explains inputs of length 4, 8 and 16
+//! `--dynamic-seq` / `--dynamic-batch`: a model exported at S=8 and batch 2, compiled once,
+//! explains inputs of length 4, 8 and 16 and of batch 1 and 3
 //! with the PyTorch references of those lengths (same weights), in tract and ONNX Runtime.
 mod common;
 
@@ -78,7 +79,71 @@ fn dynamic_sequence_needs_the_rolled_scan() {
         .expect("refused")
         .to_string();
     assert!(
-        error.contains("--dynamic-seq needs every selective scan re-rolled"),
+        error.contains("need every selective scan re-rolled"),
         "{error}"
     );
+}
+
+/// Picks rows of a reference array along axis 0.
+fn rows(array: &ndarray::ArrayD<f32>, picks: &[usize]) -> ndarray::ArrayD<f32> {
+    array.select(ndarray::Axis(0), picks)
+}
+
+#[test]
+fn one_compiled_model_explains_every_batch_size() {
+    use mambalrp::onnx::Tensor;
+    let reference = Reference::load("tiny_convbias");
+    let Tensor::I64(ids) = reference.get("input_ids").clone() else {
+        panic!()
+    };
+    let Tensor::I64(targets) = reference.get("target").clone() else {
+        panic!()
+    };
+    for exporter in EXPORTERS {
+        for target in [
+            mambalrp::emit::TargetMode::Argmax,
+            mambalrp::emit::TargetMode::Input,
+        ] {
+            let options = Options {
+                dynamic_sequence: true,
+                dynamic_batch: true,
+                target,
+                ..Options::default()
+            };
+            let compiled = compile(&load("tiny_convbias", exporter), &options)
+                .unwrap()
+                .model;
+            for picks in [vec![1usize], vec![0, 1, 0]] {
+                let mut inputs = vec![(
+                    "input_ids".to_string(),
+                    Tensor::I64(ids.select(ndarray::Axis(0), &picks)),
+                )];
+                if target == mambalrp::emit::TargetMode::Input {
+                    inputs.push((
+                        "lrp_target".to_string(),
+                        Tensor::I64(targets.select(ndarray::Axis(0), &picks)),
+                    ));
+                }
+                for (runtime, outputs) in [
+                    ("tract", run(&compiled, &inputs)),
+                    ("onnxruntime", run_ort(&compiled, &inputs).unwrap()),
+                ] {
+                    let expected = rows(&reference.f32("mambalrp_relevance"), &picks);
+                    let err = max_abs_diff(output(&outputs, "relevance"), &expected)
+                        / max_abs(&reference.f32("mambalrp_relevance"));
+                    println!(
+                        "tiny_convbias{exporter} {target:?} batch {} in {runtime}: {err:.2e}",
+                        picks.len()
+                    );
+                    assert!(
+                        err <= 1e-5,
+                        "{exporter} batch {picks:?} {runtime}: {err:.2e}"
+                    );
+                    for sample in conservation(&outputs).unwrap() {
+                        assert!(sample.relative_residual <= 1e-5, "{sample:?}");
+                    }
+                }
+            }
+        }
+    }
 }
