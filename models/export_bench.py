@@ -73,31 +73,11 @@ def peak_rss_gib():
 
 
 def build_model(spec):
-    from transformers import MambaConfig, MambaForCausalLM
+    """The fixtures' builder (same perturbations), with dt_rank "auto" and tied embeddings."""
+    import make_fixtures
 
-    cfg = MambaConfig(
-        vocab_size=spec["vocab"], hidden_size=spec["hidden"], state_size=spec["state"],
-        num_hidden_layers=spec["layers"], expand=2, conv_kernel=4,
-        time_step_rank="auto", use_conv_bias=True, use_bias=False,
-        tie_word_embeddings=True, use_cache=False,
-    )
-    assert cfg.time_step_rank == math.ceil(spec["hidden"] / 16)
-    torch.manual_seed(spec["seed"])
-    model = MambaForCausalLM(cfg).eval()
-    g = torch.Generator().manual_seed(spec["seed"] + 7)
-
-    def noise(t, scale):
-        return torch.randn(t.shape, generator=g, dtype=t.dtype) * scale
-
-    with torch.no_grad():
-        for layer in model.backbone.layers:
-            mx = layer.mixer
-            layer.norm.weight.add_(noise(layer.norm.weight, 0.2))
-            mx.A_log.add_(noise(mx.A_log, 0.2))
-            mx.D.add_(noise(mx.D, 0.2))
-            mx.dt_proj.bias.add_(noise(mx.dt_proj.bias, 0.2))
-            mx.conv1d.bias.add_(noise(mx.conv1d.bias, 0.1))
-        model.backbone.norm_f.weight.add_(noise(model.backbone.norm_f.weight, 0.2))
+    full = dict(spec, dt_rank=math.ceil(spec["hidden"] / 16), tied=True, conv_bias="random", xproj_scale=1.0)
+    model = make_fixtures.build_model(full)
     assert model.lm_head.weight.data_ptr() == model.backbone.embeddings.weight.data_ptr()
     return model
 

@@ -86,18 +86,10 @@ pub fn static_type_with(
     vi: &ValueInfoProto,
     symbols: &std::collections::HashMap<String, usize>,
 ) -> Option<ValueType> {
-    use crate::onnx::proto::tensor_shape_proto::dimension::Value;
-    let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref()?.value.as_ref() else {
-        return None;
-    };
-    let dims = t.shape.as_ref()?.dim.iter().map(|d| match &d.value {
-        Some(Value::DimValue(v)) if *v >= 0 => Some(*v as usize),
-        Some(Value::DimParam(name)) => symbols.get(name).copied(),
-        _ => None,
-    });
+    let (dtype, dims) = declared_dims(vi, symbols)?;
     Some(ValueType {
-        dtype: t.elem_type(),
-        shape: dims.collect::<Option<Vec<_>>>()?,
+        dtype,
+        shape: dims.into_iter().collect::<Option<Vec<_>>>()?,
     })
 }
 
