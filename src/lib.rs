@@ -1,7 +1,7 @@
 //! mambalrp: compiles exported Mamba ONNX graphs into standard-ONNX graphs that compute the
 //! original outputs and MambaLRP relevances in one run.
 //!
-//! Pipeline: [`onnx`] (load) -> [`ir`] -> [`rules`] (match) -> [`autodiff`] (differentiate) ->
+//! Pipeline: [`onnx`] (load) -> [`ir`] -> [`reroll`] -> [`rules`] (match) -> [`autodiff`] (differentiate) ->
 //! [`emit`] -> [`verify`].
 pub mod autodiff;
 pub mod compile;
