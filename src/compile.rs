@@ -56,6 +56,8 @@ pub struct CompileReport {
     pub relevance_path_nodes: usize,
     pub opset: i64,
     pub outputs: Vec<String>,
+    /// Element type of the embeddings: the float type the model computes in.
+    pub float_type: i32,
 }
 
 pub struct Compiled {
@@ -155,25 +157,26 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         ))
     })?;
 
+    let embedding_dtype = graph.dtype_of(&embeddings);
     let shape = graph.shape(&embeddings)?.to_vec();
     let (batch, seq) = (shape[0], shape[1]);
+    // Relevance outputs are float32 whatever the model computes in (products and sums of
+    // float16 values are formed in float32).
     let per_token = |graph: &mut Graph, value: &str, grad: &str| {
-        let r = graph.op_binary("Mul", value, grad);
+        let (value, grad) = (graph.op_to_float32(value), graph.op_to_float32(grad));
+        let r = graph.op_binary("Mul", &value, &grad);
         let tokens = graph.op_reduce_sum(&r, &[-1], false);
         (r, tokens)
     };
     let (relevance_embedding, relevance) = per_token(&mut graph, &embeddings, &embedding_grad);
+    let explained_logit = graph.op_to_float32(&explained.logit);
     let bias = match grads.bias_terms.as_slice() {
-        [] => graph.op_zeros_like(&explained.logit),
+        [] => graph.op_zeros_like(&explained_logit),
         terms => graph.op_sum(terms),
     };
     let mut outputs = vec![
         (relevance, emit::RELEVANCE, vec![batch, seq]),
-        (
-            explained.logit.clone(),
-            emit::RELEVANCE_TARGET_LOGIT,
-            vec![batch],
-        ),
+        (explained_logit, emit::RELEVANCE_TARGET_LOGIT, vec![batch]),
         (bias, emit::RELEVANCE_BIAS, vec![batch]),
     ];
     if options.emit_embedding {
@@ -263,6 +266,7 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         relevance_path_nodes: grads.path_nodes,
         opset: graph.opset,
         outputs: outputs.iter().map(|(_, n, _)| n.to_string()).collect(),
+        float_type: embedding_dtype,
     };
     let mut compiled = model;
     graph.into_model(&mut compiled);
@@ -286,6 +290,10 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
                         .unwrap_or_default()
                         .trim_matches('"')
                 ),
+            ),
+            (
+                crate::verify::FLOAT_TYPE_KEY,
+                crate::verify::float_type_name(report.float_type).to_string(),
             ),
             ("mambalrp.sites", report.sites.join("\n")),
             (

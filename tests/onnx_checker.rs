@@ -85,6 +85,20 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
             }
         }
     }
+    for scan in [ScanForm::Rolled, ScanForm::Unrolled] {
+        let options = Options {
+            scan,
+            emit_embedding: true,
+            emit_layers: true,
+            ..Options::default()
+        };
+        let compiled = compile(&load("tiny_zerobias_fp16", ""), &options)
+            .unwrap()
+            .model;
+        let path = dir.path().join(format!("tiny_zerobias_fp16_{scan:?}.onnx"));
+        mambalrp::onnx::save_model_atomically(&compiled, &path).unwrap();
+        files.push(path);
+    }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_models.py");
     let result = Command::new(python()).arg(script).args(&files).output().unwrap_or_else(|e| {
         panic!("cannot run {} ({e}): run the README's test command (bash scripts/test.sh), which installs onnx", python().display())

@@ -136,7 +136,13 @@ impl Gradients {
         }
         let shape = graph.shape(value)?.to_vec();
         for (axis, by_index) in pieces {
-            full.push(assemble_pieces(graph, &shape, axis, by_index)?);
+            full.push(assemble_pieces(
+                graph,
+                graph.dtype_of(value),
+                &shape,
+                axis,
+                by_index,
+            )?);
         }
         let total = graph.op_sum(&full);
         self.cotangents.insert(value.to_string(), total.clone());
@@ -148,6 +154,7 @@ impl Gradients {
 /// nobody read with zeros: one Concat instead of one padded tensor per time step.
 fn assemble_pieces(
     graph: &mut Graph,
+    dtype: i32,
     shape: &[usize],
     axis: usize,
     by_index: BTreeMap<usize, Vec<String>>,
@@ -160,7 +167,7 @@ fn assemble_pieces(
     let zero_run = |graph: &mut Graph, len: usize| {
         let mut s = shape.to_vec();
         s[axis] = len;
-        graph.op_zeros(&s)
+        graph.op_zeros(&s, dtype)
     };
     for (index, values) in by_index {
         if index >= dim {

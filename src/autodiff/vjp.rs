@@ -333,7 +333,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
             }
         }
         "Where" => {
-            let zero = graph.scalar_f32(0.0);
+            let zero = graph.scalar_like(0.0, &g);
             for (slot, keep_where_true) in [(1, true), (2, false)] {
                 if step.carries[slot] {
                     let picked = if keep_where_true {
@@ -352,7 +352,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
         // Exact derivatives of the non-linear ops: used by `--rules gi` and rule ablations.
         "Sigmoid" => {
             let y = &node.output[0];
-            let one = graph.scalar_f32(1.0);
+            let one = graph.scalar_like(1.0, &g);
             let rest = graph.op_binary("Sub", &one, y);
             let d = graph.op_binary("Mul", y, &rest);
             out.push(full(0, graph.op_binary("Mul", &g, &d)));
@@ -373,7 +373,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
         }
         "Tanh" => {
             let sq = graph.op_binary("Mul", &node.output[0], &node.output[0]);
-            let one = graph.scalar_f32(1.0);
+            let one = graph.scalar_like(1.0, &g);
             let d = graph.op_binary("Sub", &one, &sq);
             out.push(full(0, graph.op_binary("Mul", &g, &d)));
         }
@@ -386,7 +386,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                 .filter(|t| t.shape().iter().product::<usize>() == 1)
                 .map(|t| t.to_f64_vec()[0] as f32)
                 .ok_or_else(|| no_rule(" (Pow needs a constant scalar exponent)"))?;
-            let e1 = graph.scalar_f32(exponent - 1.0);
+            let e1 = graph.scalar_like(exponent as f64 - 1.0, &node.input[0]);
             let p = graph.op_binary("Pow", &node.input[0], &e1);
             let scaled = graph.op_scale(&p, exponent);
             let prod = graph.op_binary("Mul", &g, &scaled);
@@ -420,7 +420,9 @@ fn per_sample_dot(
     if shape.first() != Some(&batch) {
         return Err(Error::node(node, format!("cannot attribute bias relevance per sample: output shape {shape:?} does not start with the batch size {batch}")));
     }
-    let product = graph.op_binary("Mul", g, term);
+    // Accumulated in float32, as every relevance output.
+    let (g, term) = (graph.op_to_float32(g), graph.op_to_float32(term));
+    let product = graph.op_binary("Mul", &g, &term);
     let axes: Vec<i64> = (1..shape.len() as i64).collect();
     if axes.is_empty() {
         return Ok(product);
@@ -505,7 +507,8 @@ fn selective_scan_backward(
     }
     let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros_like(&node.output[1]));
     let carry = grad_state.unwrap_or_else(|| graph.op_zeros_like(h0));
-    let body = backward_body(graph, (b, d, n));
+    let dtype = graph.dtype_of(decay);
+    let body = backward_body(graph, (b, d, n), dtype);
     let attrs = vec![
         make_graph("body", body),
         make_int("num_scan_inputs", 3),

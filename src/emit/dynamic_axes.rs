@@ -101,7 +101,7 @@ pub fn make_batch_symbolic(
             &[&batch, &rest],
             vec![crate::onnx::attributes::make_int("axis", 0)],
         );
-        let zero_scalar = graph.scalar_f32(0.0);
+        let zero_scalar = graph.scalar_like(0.0, &h0);
         let state = graph.add_node("Expand", &[&zero_scalar, &dims], vec![]);
         for node in graph.proto.node[..existing].iter_mut() {
             for input in node.input.iter_mut().filter(|i| **i == h0) {

@@ -5,22 +5,18 @@ use crate::ir::Graph;
 /// The embeddings E: a float graph input (inputs_embeds), or else the output of the `Gather` that
 /// looks integer token ids up in a `[vocab, hidden]` table.
 pub fn find_embeddings(graph: &Graph) -> Result<String> {
-    // Relevance constants are emitted in float32; half-precision graphs would not type-check.
-    let half = graph
-        .proto
-        .initializer
-        .iter()
-        .find(|t| matches!(t.data_type(), 10 | 16));
-    if let Some(t) = half {
+    // Neither runtime we verify with runs bfloat16 exports (ONNX Runtime's CPU provider has no
+    // bfloat16 Conv, tract no bfloat16 at all), so such a graph could not be checked.
+    if let Some(t) = graph.proto.initializer.iter().find(|t| t.data_type() == 16) {
         return Err(Error::Unsupported(format!(
-            "float16/bfloat16 weights ('{}'): only float32 models are supported; export in float32",
+            "bfloat16 weights ('{}'): bfloat16 models are not supported (float32 and float16 are)",
             t.name()
         )));
     }
     for input in graph.graph_input_names() {
         if graph
             .value_type(&input)
-            .is_ok_and(|t| t.dtype == 1 && t.rank() == 3)
+            .is_ok_and(|t| matches!(t.dtype, 1 | 10 | 11 | 16) && t.rank() == 3)
         {
             return Ok(input);
         }
@@ -36,7 +32,7 @@ pub fn find_embeddings(graph: &Graph) -> Result<String> {
         let looks_up_tokens = inputs.contains(&node.input[1])
             && ids.is_ok_and(|t| matches!(t.dtype, 6 | 7) && t.rank() == 2);
         if graph.is_initializer(&node.input[0])
-            && table.is_ok_and(|t| t.rank() == 2 && t.dtype == 1)
+            && table.is_ok_and(|t| t.rank() == 2 && matches!(t.dtype, 1 | 10 | 11 | 16))
             && looks_up_tokens
         {
             return Ok(node.output[0].clone());

@@ -47,6 +47,8 @@ pub struct Graph {
     consumers: HashMap<String, Vec<(usize, usize)>>,
     used_names: HashSet<String>,
     constant_cache: HashMap<String, String>,
+    /// Element types of values the compiler created (their shapes are not tracked).
+    created_dtypes: HashMap<String, i32>,
     next_id: usize,
 }
 
@@ -99,6 +101,7 @@ impl Graph {
             consumers: HashMap::new(),
             used_names: HashSet::new(),
             constant_cache: HashMap::new(),
+            created_dtypes: HashMap::new(),
             next_id: 0,
         };
         graph.index()?;
@@ -295,10 +298,70 @@ impl Graph {
             attribute: attrs,
             ..Default::default()
         };
+        if let Some(dtype) = self.created_dtype(&node) {
+            for output in &outputs {
+                self.created_dtypes.insert(output.clone(), dtype);
+            }
+        }
         self.proto.node.push(node);
         let index = self.proto.node.len() - 1;
         self.index_node(index).expect("fresh names are unique");
         outputs
+    }
+
+    /// Element type of a node the compiler creates, from its op and inputs.
+    fn created_dtype(&self, node: &NodeProto) -> Option<i32> {
+        match node.op_type() {
+            "Cast" => attributes::int(node, "to").map(|t| t as i32),
+            "Shape" | "ArgMax" | "ArgMin" => Some(7),
+            "Equal" | "Greater" | "Less" => Some(9),
+            "Where" => node.input.get(1).map(|v| self.dtype_of(v)),
+            _ => node.input.first().map(|v| self.dtype_of(v)),
+        }
+    }
+
+    /// Element type of any value: recorded, created by the compiler, or float32 by default.
+    pub fn dtype_of(&self, value: &str) -> i32 {
+        self.types
+            .get(value)
+            .map(|t| t.dtype)
+            .or_else(|| self.created_dtypes.get(value).copied())
+            .unwrap_or(1)
+    }
+
+    /// A scalar constant of element type `dtype` (float32, float64, float16 or bfloat16).
+    pub fn scalar_float(&mut self, value: f64, dtype: i32) -> String {
+        let raw: Vec<u8> = match dtype {
+            10 => half::f16::from_f64(value).to_le_bytes().to_vec(),
+            16 => half::bf16::from_f64(value).to_le_bytes().to_vec(),
+            11 => value.to_le_bytes().to_vec(),
+            _ => (value as f32).to_le_bytes().to_vec(),
+        };
+        let dtype = if matches!(dtype, 10 | 11 | 16) {
+            dtype
+        } else {
+            1
+        };
+        let key = format!("scalar {dtype} {raw:?}");
+        if let Some(name) = self.constant_cache.get(&key) {
+            return name.clone();
+        }
+        let name = self.fresh_name("const");
+        self.add_initializer(TensorProto {
+            name: Some(name.clone()),
+            data_type: Some(dtype),
+            raw_data: Some(raw.into()),
+            ..Default::default()
+        });
+        self.created_dtypes.insert(name.clone(), dtype);
+        self.constant_cache.insert(key, name.clone());
+        name
+    }
+
+    /// A scalar of the same element type as `like`.
+    pub fn scalar_like(&mut self, value: f64, like: &str) -> String {
+        let dtype = self.dtype_of(like);
+        self.scalar_float(value, dtype)
     }
 
     pub fn add_node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {

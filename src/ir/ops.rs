@@ -13,7 +13,7 @@ impl Graph {
     }
 
     pub fn op_scale(&mut self, x: &str, factor: f32) -> String {
-        let k = self.scalar_f32(factor);
+        let k = self.scalar_like(factor as f64, x);
         self.op_binary("Mul", x, &k)
     }
 
@@ -71,6 +71,19 @@ impl Graph {
         self.add_node("Expand", &[x, &s], vec![])
     }
 
+    /// `x` as float32 (a Cast unless it already is).
+    pub fn op_to_float32(&mut self, x: &str) -> String {
+        if self.dtype_of(x) == 1 {
+            x.to_string()
+        } else {
+            self.add_node(
+                "Cast",
+                &[x],
+                vec![crate::onnx::attributes::make_int("to", 1)],
+            )
+        }
+    }
+
     /// `x` reshaped to the runtime shape of `like` (no static dims baked in).
     pub fn op_reshape_like(&mut self, x: &str, like: &str) -> String {
         let shape = self.add_node("Shape", &[like], vec![]);
@@ -85,12 +98,12 @@ impl Graph {
 
     /// Float zeros with the runtime shape of `like`.
     pub fn op_zeros_like(&mut self, like: &str) -> String {
-        let zero = self.scalar_f32(0.0);
+        let zero = self.scalar_like(0.0, like);
         self.op_expand_like(&zero, like)
     }
 
-    pub fn op_zeros(&mut self, shape: &[usize]) -> String {
-        let zero = self.scalar_f32(0.0);
+    pub fn op_zeros(&mut self, shape: &[usize], dtype: i32) -> String {
+        let zero = self.scalar_float(0.0, dtype);
         self.op_expand(&zero, shape)
     }
 

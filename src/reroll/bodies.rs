@@ -10,13 +10,16 @@ pub const SELECTIVE_SCAN: &str = "selective_scan";
 
 struct Body {
     prefix: String,
+    /// Element type of every body input and output (the scan runs in one float type).
+    dtype: i32,
     proto: GraphProto,
 }
 
 impl Body {
-    fn new(graph: &mut Graph, hint: &str) -> Body {
+    fn new(graph: &mut Graph, hint: &str, dtype: i32) -> Body {
         Body {
             prefix: graph.fresh_name(hint),
+            dtype,
             proto: GraphProto {
                 name: Some(hint.into()),
                 ..Default::default()
@@ -32,14 +35,14 @@ impl Body {
         let name = self.name(local);
         self.proto
             .input
-            .push(crate::emit::value_info(&name, 1, shape));
+            .push(crate::emit::value_info(&name, self.dtype, shape));
         name
     }
 
     fn output(&mut self, value: &str, shape: &[usize]) {
         self.proto
             .output
-            .push(crate::emit::value_info(value, 1, shape));
+            .push(crate::emit::value_info(value, self.dtype, shape));
     }
 
     fn node(
@@ -72,9 +75,10 @@ impl Body {
 pub fn forward_body(
     graph: &mut Graph,
     (b, d, n): (usize, usize, usize),
+    dtype: i32,
     keep_states: bool,
 ) -> GraphProto {
-    let mut body = Body::new(graph, "selective_scan_body");
+    let mut body = Body::new(graph, "selective_scan_body", dtype);
     let h = body.input("h_prev", &[b, d, n]);
     let a = body.input("decay_t", &[b, d, n]);
     let u = body.input("input_t", &[b, d, n]);
@@ -103,8 +107,12 @@ pub fn forward_body(
 
 /// Reverse-time cotangent recurrence. State s = dA_{t+1} * g_{h_{t+1}}; per step g_y_t `[B,D]`,
 /// C_t `[B,N]`, dA_t `[B,D,N]` -> g_{h_t} = g_y_t (x) C_t + s (emitted), s' = dA_t * g_{h_t}.
-pub fn backward_body(graph: &mut Graph, (b, d, n): (usize, usize, usize)) -> GraphProto {
-    let mut body = Body::new(graph, "selective_scan_backward_body");
+pub fn backward_body(
+    graph: &mut Graph,
+    (b, d, n): (usize, usize, usize),
+    dtype: i32,
+) -> GraphProto {
+    let mut body = Body::new(graph, "selective_scan_backward_body", dtype);
     let s = body.input("carry", &[b, d, n]);
     let gy = body.input("grad_y_t", &[b, d]);
     let c = body.input("readout_t", &[b, n]);

@@ -53,7 +53,8 @@ pub fn reroll(graph: &mut Graph, keep_states: bool) -> Result<usize> {
     let mut concats = HashSet::new();
     for chain in &chains {
         let (b, d, _, n) = chain.dims;
-        let body = forward_body(graph, (b, d, n), keep_states);
+        let dtype = graph.dtype_of(&chain.decay);
+        let body = forward_body(graph, (b, d, n), dtype, keep_states);
         let attrs = vec![
             make_graph("body", body),
             make_int("num_scan_inputs", 3),
@@ -61,16 +62,34 @@ pub fn reroll(graph: &mut Graph, keep_states: bool) -> Result<usize> {
             make_ints("scan_output_axes", if keep_states { &[2, 2] } else { &[2] }),
         ];
         let outputs = if keep_states { 3 } else { 2 };
-        let inputs = [
-            chain.h0.as_str(),
-            &chain.decay,
-            &chain.input,
-            &chain.readout,
-        ];
-        graph.add_node_named(SELECTIVE_SCAN, "Scan", &inputs, outputs, attrs);
-        // The Scan takes over the stacked output's name, so its readers need no rewiring.
+        // The scan runs in dA's float type; float16 models read C (and write y) in float16
+        // around a float32 state, so their operands are cast in and the stacked y back out.
+        let mut inputs = Vec::new();
+        for value in [&chain.h0, &chain.decay, &chain.input, &chain.readout] {
+            let converted = if graph.dtype_of(value) == dtype {
+                value.clone()
+            } else {
+                graph.add_node("Cast", &[value], vec![make_int("to", dtype as i64)])
+            };
+            inputs.push(converted);
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let produced = graph.add_node_named(SELECTIVE_SCAN, "Scan", &inputs, outputs, attrs);
+        let stacked_dtype = graph.dtype_of(&chain.stacked);
         let index = graph.nodes().len() - 1;
-        graph.proto.node[index].output[1] = chain.stacked.clone();
+        if stacked_dtype == dtype {
+            // The Scan takes over the stacked output's name, so its readers need no rewiring.
+            graph.proto.node[index].output[1] = chain.stacked.clone();
+        } else {
+            let cast = graph.add_node(
+                "Cast",
+                &[&produced[1]],
+                vec![make_int("to", stacked_dtype as i64)],
+            );
+            let last = graph.nodes().len() - 1;
+            graph.proto.node[last].output[0] = chain.stacked.clone();
+            let _ = cast;
+        }
         concats.insert(chain.concat_node.clone());
     }
     graph.proto.node.retain(|n| !concats.contains(n.name()));

@@ -2,15 +2,20 @@
 use crate::ir::Graph;
 use crate::onnx::proto::NodeProto;
 
-/// Follows a value up through no-op `Identity` and same-type `Cast` nodes (the TorchScript
-/// exporter scatters `Cast(to=FLOAT)` on float tensors everywhere).
+/// Follows a value up through `Identity` and float-to-float `Cast` nodes: they keep the value
+/// (up to rounding). The TorchScript exporter scatters `Cast(to=FLOAT)` on float tensors
+/// everywhere, and float16 models cast to float32 and back around norms and the scan.
 pub fn skip_noops<'g>(graph: &'g Graph, mut value: &'g str) -> &'g str {
     while let Some((_, node)) = graph.producer(value) {
         let passes = match node.op_type() {
             "Identity" => true,
             "Cast" => {
-                let source = graph.value_type(&node.input[0]).ok().map(|t| t.dtype);
-                source.is_some() && source == graph.value_type(value).ok().map(|t| t.dtype)
+                let is_float = |v: &str| {
+                    graph
+                        .value_type(v)
+                        .is_ok_and(|t| matches!(t.dtype, 1 | 10 | 11 | 16))
+                };
+                is_float(&node.input[0]) && is_float(value)
             }
             _ => false,
         };

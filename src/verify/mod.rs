@@ -61,11 +61,55 @@ pub fn run_model(
     }
 }
 
+/// Metadata key naming the float type a compiled model computes in (`float32`, `float16`, ...).
+pub const FLOAT_TYPE_KEY: &str = "mambalrp.float_type";
+
+pub fn float_type_name(dtype: i32) -> &'static str {
+    match dtype {
+        10 => "float16",
+        16 => "bfloat16",
+        11 => "float64",
+        _ => "float32",
+    }
+}
+
+pub fn float_type_from_name(name: &str) -> i32 {
+    match name {
+        "float16" => 10,
+        "bfloat16" => 16,
+        "float64" => 11,
+        _ => 1,
+    }
+}
+
+/// Default largest relative conservation residual: what the model's float type can resolve.
+pub fn default_conservation_tolerance(dtype: i32) -> f32 {
+    match dtype {
+        10 => 1e-3,
+        16 => 1e-2,
+        _ => 1e-4,
+    }
+}
+
+/// Largest change of an original output still called "unchanged": 1e-5 in float32; in half
+/// precision a few units of rounding of the output's magnitude (runtimes may round differently
+/// in the two graphs).
+pub fn unchanged_tolerance(dtype: i32, magnitude: f32) -> f32 {
+    let epsilon = match dtype {
+        10 => 9.77e-4,
+        16 => 7.81e-3,
+        _ => return 1e-5,
+    };
+    4.0 * epsilon * magnitude.max(1.0)
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerifyReport {
     pub runtime: Runtime,
     /// Largest |compiled - original| over each original output.
     pub original_outputs_max_abs_diff: Vec<(String, f32)>,
+    /// Whether every difference is within [`unchanged_tolerance`] of the model's float type.
+    pub original_outputs_unchanged: bool,
     pub samples: Vec<SampleCheck>,
     pub max_relative_residual: f32,
 }
@@ -77,6 +121,7 @@ pub fn verify(
     original: &ModelProto,
     compiled: &ModelProto,
     inputs: &[(String, Tensor)],
+    float_type: i32,
 ) -> Result<VerifyReport> {
     let original_names: Vec<String> = original
         .graph
@@ -91,6 +136,7 @@ pub fn verify(
     let reference = run_model(runtime, original, &original_inputs)?;
     let outputs = run_model(runtime, compiled, inputs)?;
     let mut diffs = Vec::new();
+    let mut unchanged = true;
     for (name, expected) in &reference {
         let got = outputs.iter().find(|(n, _)| n == name).map(|(_, v)| v);
         let diff = match got {
@@ -101,6 +147,8 @@ pub fn verify(
                 .fold(0.0f32, f32::max),
             _ => f32::INFINITY,
         };
+        let magnitude = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        unchanged &= diff <= unchanged_tolerance(float_type, magnitude);
         diffs.push((name.clone(), diff));
     }
     let samples = conservation(&outputs)?;
@@ -111,6 +159,7 @@ pub fn verify(
     Ok(VerifyReport {
         runtime,
         original_outputs_max_abs_diff: diffs,
+        original_outputs_unchanged: unchanged,
         samples,
         max_relative_residual,
     })

@@ -18,8 +18,9 @@ pub struct CheckArgs {
     #[arg(long, default_value = "ort")]
     runtime: Runtime,
     /// Largest relative residual |sum(relevance) + bias - logit| / |logit| accepted.
-    #[arg(long, default_value_t = 1e-4)]
-    tolerance: f32,
+    /// (default 1e-4 for float32 models, 1e-3 for float16, 1e-2 for bfloat16).
+    #[arg(long)]
+    tolerance: Option<f32>,
     /// Write the table as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -28,7 +29,15 @@ pub struct CheckArgs {
 pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
     let model = onnx::load_model(&args.model)?;
     let inputs = crate::model_inputs(&model, args.input.as_deref())?;
-    let report = verify::check(&model, &inputs, args.runtime, args.tolerance)
+    let float_type = model
+        .metadata_props
+        .iter()
+        .find(|p| p.key() == verify::FLOAT_TYPE_KEY)
+        .map_or(1, |p| verify::float_type_from_name(p.value()));
+    let tolerance = args
+        .tolerance
+        .unwrap_or_else(|| verify::default_conservation_tolerance(float_type));
+    let report = verify::check(&model, &inputs, args.runtime, tolerance)
         .with_context(|| format!("cannot check {}", args.model.display()))?;
     println!(
         "{} ({}, tolerance {:.0e})",

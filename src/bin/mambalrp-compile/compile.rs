@@ -13,9 +13,6 @@ use mambalrp::{compile_owned, onnx, CompileReport, Options};
 
 use crate::Outcome;
 
-/// Largest change of an original output accepted as "unchanged" by the verification.
-const ORIGINAL_OUTPUT_TOLERANCE: f32 = 1e-5;
-
 #[derive(clap::Args, Debug)]
 pub struct CompileArgs {
     /// The exported Mamba model (.onnx).
@@ -42,9 +39,10 @@ pub struct CompileArgs {
     /// Inputs for verification (.npz keyed by input name); default: deterministic generated tokens.
     #[arg(long)]
     input: Option<PathBuf>,
-    /// Largest relative conservation residual accepted under the MambaLRP rules.
-    #[arg(long, default_value_t = 1e-4)]
-    tolerance: f32,
+    /// Largest relative conservation residual accepted under the MambaLRP rules (default 1e-4
+    /// for float32 models, 1e-3 for float16, 1e-2 for bfloat16).
+    #[arg(long)]
+    tolerance: Option<f32>,
     /// Write the compile and verification summary as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -162,22 +160,29 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
                 return Ok(None);
             };
             let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
-            let report = verify::verify(args.verify_runtime, &original, &compiled.model, &inputs)
-                .context("verification could not run")?;
+            let report = verify::verify(
+                args.verify_runtime,
+                &original,
+                &compiled.model,
+                &inputs,
+                report.float_type,
+            )
+            .context("verification could not run")?;
             Ok(Some(report))
         },
     );
     let verification = verification?;
     costs.verify_seconds = seconds;
+    let tolerance = args
+        .tolerance
+        .unwrap_or_else(|| verify::default_conservation_tolerance(report.float_type));
     let conserved = verification
         .as_ref()
         .filter(|_| options.rules.is_complete())
-        .map(|v| v.max_relative_residual <= args.tolerance);
-    let unchanged = verification.as_ref().is_none_or(|v| {
-        v.original_outputs_max_abs_diff
-            .iter()
-            .all(|(_, d)| *d <= ORIGINAL_OUTPUT_TOLERANCE)
-    });
+        .map(|v| v.max_relative_residual <= tolerance);
+    let unchanged = verification
+        .as_ref()
+        .is_none_or(|v| v.original_outputs_unchanged);
     let passed = unchanged && conserved != Some(false);
     if passed {
         let (written, seconds) = phase(&progress, "writing", || {
@@ -224,7 +229,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
             .map_or("unknown".into(), |m| format!("{m:.0} MB"))
     );
     if let Some(v) = &verification {
-        print_verification(v, conserved, args.tolerance, &report.rules);
+        print_verification(v, conserved, tolerance, &report.rules);
     }
     if !passed {
         println!("  nothing written: verification failed");

@@ -1,0 +1,59 @@
+//! A float16 export (the Hugging Face slow path then mixes float16 and float32, with Casts)
+//! compiles, keeps its outputs, conserves relevance and matches the PyTorch float16 reference,
+//! within float16 precision, in tract and ONNX Runtime. Relevance outputs are float32.
+mod common;
+
+use common::*;
+use mambalrp::onnx::proto::type_proto;
+use mambalrp::verify::{conservation, run_ort, unchanged_tolerance};
+
+const FLOAT16: i32 = 10;
+
+#[test]
+fn float16_model_is_explained_within_float16_precision() {
+    let model = load("tiny_zerobias_fp16", "");
+    let reference = Reference::load("tiny_zerobias_fp16");
+    let inputs = reference.inputs();
+    for scan in [ScanForm::Rolled, ScanForm::Unrolled] {
+        let compiled = compile_form(&model, "mambalrp", true, scan);
+        for output in &compiled.graph.as_ref().unwrap().output[1..] {
+            let Some(type_proto::Value::TensorType(t)) =
+                output.r#type.as_ref().and_then(|t| t.value.as_ref())
+            else {
+                panic!()
+            };
+            assert_eq!(t.elem_type(), 1, "{} is float32", output.name());
+        }
+        let runs = [
+            ("tract", run(&model, &inputs), run(&compiled, &inputs)),
+            (
+                "onnxruntime",
+                run_ort(&model, &inputs).unwrap(),
+                run_ort(&compiled, &inputs).unwrap(),
+            ),
+        ];
+        for (runtime, original, outputs) in runs {
+            let logits = output(&original, "logits");
+            let change = max_abs_diff(output(&outputs, "logits"), logits);
+            assert!(
+                change <= unchanged_tolerance(FLOAT16, max_abs(logits)),
+                "{scan:?} {runtime}: logits changed by {change}"
+            );
+            let err = relative_error(
+                output(&outputs, "relevance"),
+                &reference.f32("mambalrp_relevance"),
+            );
+            println!("tiny_zerobias_fp16 {scan:?} in {runtime}: relevance vs PyTorch float16 {err:.2e}, logits change {change:.2e}");
+            assert!(
+                err <= 5e-3,
+                "{scan:?} {runtime}: relevance off by {err:.2e}"
+            );
+            for sample in conservation(&outputs).unwrap() {
+                assert!(
+                    sample.relative_residual <= 1e-3,
+                    "{scan:?} {runtime}: {sample:?}"
+                );
+            }
+        }
+    }
+}
