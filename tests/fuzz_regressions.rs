@@ -1,6 +1,7 @@
 //! Inputs the fuzzer (fuzz/run.sh) found to crash the compiler, replayed: each must now end in
 //! a result or a typed error, as the fuzz target demands.
 use mambalrp::onnx::io::decode_model;
+use mambalrp::reroll::ScanForm;
 use mambalrp::{compile, Options};
 
 #[test]
@@ -13,11 +14,20 @@ fn fuzzer_crashes_stay_fixed() {
         let Ok(model) = decode_model(&bytes, &path) else {
             continue;
         };
-        for rules in ["mambalrp", "gi"] {
+        // The fuzz target's option variants.
+        let variants = [
+            ("mambalrp", ScanForm::Rolled, true),
+            ("gi", ScanForm::Rolled, false),
+            ("mambalrp", ScanForm::Unrolled, false),
+        ];
+        for (rules, scan, dynamic) in variants {
             let options = Options {
                 rules: rules.parse().unwrap(),
                 emit_embedding: true,
                 emit_layers: true,
+                scan,
+                dynamic_sequence: dynamic,
+                dynamic_batch: dynamic,
                 ..Options::default()
             };
             match compile(&model, &options) {
