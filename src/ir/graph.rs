@@ -399,10 +399,6 @@ impl Graph {
         self.add_constant(Tensor::I64(ndarray::arr0(value).into_dyn()))
     }
 
-    pub fn scalar_f32(&mut self, value: f32) -> String {
-        self.add_constant(Tensor::F32(ndarray::arr0(value).into_dyn()))
-    }
-
     /// Reads an integer attribute, or the matching constant input for opsets that moved the
     /// attribute to an input (axes of Unsqueeze/Squeeze/Reduce*, split of Split).
     pub fn ints_attr_or_input(
