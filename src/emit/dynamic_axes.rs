@@ -79,6 +79,9 @@ pub fn make_batch_symbolic(
         .collect();
     initial_states.sort();
     initial_states.dedup();
+    // The runtime batch of `reference`, computed once for every initial state.
+    let full_shape = graph.add_node("Shape", &[reference], vec![]);
+    let batch = graph.op_slice(&full_shape, 0, 0, 1);
     for h0 in initial_states {
         let zero = graph
             .constant(&h0)
@@ -93,8 +96,6 @@ pub fn make_batch_symbolic(
         // zeros [batch, D, N] from the runtime batch of `reference`, for the forward scans and
         // for the backward pass, which shaped its zeros like the initial state.
         let existing = graph.nodes().len();
-        let full_shape = graph.add_node("Shape", &[reference], vec![]);
-        let batch = graph.op_slice(&full_shape, 0, 0, 1);
         let rest = graph.const_i64(&[d as i64, n as i64]);
         let dims = graph.add_node(
             "Concat",
