@@ -63,7 +63,7 @@ pub fn check(
             fail("carries relevance through its weights, which is not linear in the input".into())
         }
         "Mul" | "MatMul" | "Gemm" | "Conv" => Ok(()),
-        "Scan" if super::vjp::is_selective_scan(node) => {
+        "Scan" if crate::reroll::is_forward_scan(node) => {
             if carried.iter().all(|c| *c == node.input[0] || *c == node.input[2]) {
                 Ok(())
             } else {

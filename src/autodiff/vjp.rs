@@ -29,7 +29,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
         detail: detail.to_string(),
     };
     if node.op_type() == "Scan" {
-        if !is_selective_scan(node) {
+        if !crate::reroll::is_forward_scan(node) {
             return Err(no_rule(
                 " (only the selective scans mambalrp re-rolls are differentiated)",
             ));
@@ -472,10 +472,6 @@ fn conv_input_gradient(
         attrs.push(make_ints("output_padding", &output_padding));
     }
     Ok(graph.add_node("ConvTranspose", &[g, &node.input[1]], attrs))
-}
-
-pub(super) fn is_selective_scan(node: &NodeProto) -> bool {
-    crate::reroll::is_forward_scan(node)
 }
 
 /// Backward of `Scan(h0, dA, dBu, C) -> (h_last, Y[, H])`: a reverse-time Scan gives
