@@ -19,9 +19,11 @@ pub struct Options {
     pub emit_embedding: bool,
     pub emit_layers: bool,
     pub scan: ScanForm,
-    /// Emit a symbolic sequence axis (needs the rolled scan).
+    /// Steps per chunk of the chunked scan form.
+    pub chunk_len: usize,
+    /// Emit a symbolic sequence axis (needs a rolled or chunked scan).
     pub dynamic_sequence: bool,
-    /// Emit a symbolic batch axis (needs the rolled scan).
+    /// Emit a symbolic batch axis (needs a rolled or chunked scan).
     pub dynamic_batch: bool,
 }
 
@@ -33,6 +35,7 @@ impl Default for Options {
             emit_embedding: false,
             emit_layers: false,
             scan: ScanForm::Rolled,
+            chunk_len: crate::reroll::chunked::DEFAULT_CHUNK_LEN as usize,
             dynamic_sequence: false,
             dynamic_batch: false,
         }
@@ -101,10 +104,11 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
     check_versions(&model, &graph)?;
     let nodes_original = graph.nodes().len();
     let rerolled_scans = match options.scan {
-        ScanForm::Rolled => {
+        ScanForm::Rolled | ScanForm::Chunked => {
             // Gradient x input needs the states to differentiate through dA and C.
             let keep_states = !options.rules.contains(rules::Rule::Ssm);
-            let count = reroll(&mut graph, keep_states)?;
+            let chunk_len = (options.scan == ScanForm::Chunked).then_some(options.chunk_len);
+            let count = reroll(&mut graph, keep_states, chunk_len)?;
             if count > 0 {
                 graph.into_model(&mut model);
                 graph = Graph::take_from(&mut model)?;
@@ -256,7 +260,7 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
             .collect(),
         blocks: matches.norm_inputs.len().saturating_sub(1),
         scan: if rerolled_scans > 0 {
-            ScanForm::Rolled
+            options.scan
         } else {
             ScanForm::Unrolled
         },

@@ -8,9 +8,18 @@ use mambalrp::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
 use mambalrp::verify::{conservation, run_ort};
 use mambalrp::{compile, Options};
 
-fn dynamic(fixture: &str, exporter: &str) -> mambalrp::onnx::proto::ModelProto {
+/// Rolled, and chunked with 3 steps per chunk (so S = 4, 8 and 16 all need padding).
+const FORMS: [(ScanForm, usize); 2] = [(ScanForm::Rolled, 1), (ScanForm::Chunked, 3)];
+
+fn dynamic(
+    fixture: &str,
+    exporter: &str,
+    (scan, chunk_len): (ScanForm, usize),
+) -> mambalrp::onnx::proto::ModelProto {
     let options = Options {
         dynamic_sequence: true,
+        scan,
+        chunk_len,
         ..Options::default()
     };
     compile(&load(fixture, exporter), &options)
@@ -20,8 +29,8 @@ fn dynamic(fixture: &str, exporter: &str) -> mambalrp::onnx::proto::ModelProto {
 
 #[test]
 fn one_compiled_model_explains_every_length() {
-    for exporter in EXPORTERS {
-        let compiled = dynamic("tiny_zerobias", exporter);
+    for (exporter, form) in EXPORTERS.into_iter().flat_map(|e| FORMS.map(|f| (e, f))) {
+        let compiled = dynamic("tiny_zerobias", exporter, form);
         let input = &compiled.graph.as_ref().unwrap().input[0];
         let Some(type_proto::Value::TensorType(t)) =
             input.r#type.as_ref().and_then(|t| t.value.as_ref())
@@ -54,7 +63,7 @@ fn one_compiled_model_explains_every_length() {
                     output(&outputs, "relevance_target_logit"),
                     &reference.f32("target_logit"),
                 );
-                println!("tiny_zerobias{exporter} compiled at S=8, run at S={length} in {runtime}: relevance {err:.2e}, logit {logit_err:.2e}");
+                println!("tiny_zerobias{exporter} {form:?} compiled at S=8, run at S={length} in {runtime}: relevance {err:.2e}, logit {logit_err:.2e}");
                 assert!(
                     err <= 1e-5 && logit_err <= 1e-5,
                     "{exporter} S={length} {runtime}: {err:.2e} / {logit_err:.2e}"
@@ -99,7 +108,7 @@ fn one_compiled_model_explains_every_batch_size() {
     let Tensor::I64(targets) = reference.get("target").clone() else {
         panic!()
     };
-    for exporter in EXPORTERS {
+    for (exporter, (scan, chunk_len)) in EXPORTERS.into_iter().flat_map(|e| FORMS.map(|f| (e, f))) {
         for target in [
             mambalrp::emit::TargetMode::Argmax,
             mambalrp::emit::TargetMode::Input,
@@ -107,6 +116,8 @@ fn one_compiled_model_explains_every_batch_size() {
             let options = Options {
                 dynamic_sequence: true,
                 dynamic_batch: true,
+                scan,
+                chunk_len,
                 target,
                 ..Options::default()
             };

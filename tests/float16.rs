@@ -14,7 +14,7 @@ fn float16_model_is_explained_within_float16_precision() {
     let model = load("tiny_zerobias_fp16", "");
     let reference = Reference::load("tiny_zerobias_fp16");
     let inputs = reference.inputs();
-    for scan in [ScanForm::Rolled, ScanForm::Unrolled] {
+    for scan in [ScanForm::Rolled, ScanForm::Chunked, ScanForm::Unrolled] {
         let compiled = compile_form(&model, "mambalrp", true, scan);
         for output in &compiled.graph.as_ref().unwrap().output[1..] {
             let Some(type_proto::Value::TensorType(t)) =

@@ -47,6 +47,20 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
                 ),
                 ("gi", "gi", TargetMode::Argmax, ScanForm::Rolled, false),
                 (
+                    "lrp_chunked_dynamic",
+                    "mambalrp",
+                    TargetMode::Argmax,
+                    ScanForm::Chunked,
+                    true,
+                ),
+                (
+                    "gi_chunked",
+                    "gi",
+                    TargetMode::Argmax,
+                    ScanForm::Chunked,
+                    false,
+                ),
+                (
                     "gi_unrolled",
                     "gi",
                     TargetMode::Argmax,
@@ -77,6 +91,7 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
                     scan,
                     dynamic_sequence,
                     dynamic_batch: dynamic_sequence,
+                    chunk_len: 3,
                 };
                 let compiled = compile(&model, &options).unwrap().model;
                 let path = dir.path().join(format!("{fixture}{exporter}_{label}.onnx"));
@@ -85,7 +100,7 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
             }
         }
     }
-    for scan in [ScanForm::Rolled, ScanForm::Unrolled] {
+    for scan in [ScanForm::Rolled, ScanForm::Chunked, ScanForm::Unrolled] {
         let options = Options {
             scan,
             emit_embedding: true,

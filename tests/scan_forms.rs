@@ -1,9 +1,39 @@
-//! The re-rolled recurrence: compiled graphs whose size does not depend on the sequence length,
-//! agreeing with the unrolled form to 1e-5 relative in tract and in ONNX Runtime.
+//! The re-rolled recurrence, stepwise and chunked: compiled graphs whose size does not depend on
+//! the sequence length, agreeing with the unrolled form to 1e-5 relative in tract and in ONNX
+//! Runtime.
 mod common;
 
 use common::*;
 use mambalrp::verify::{conservation, run_ort};
+
+/// The compact forms: rolled, and chunked with chunks that divide S, do not (padding), equal
+/// S = 8 or exceed it.
+const COMPACT: [(ScanForm, usize); 5] = [
+    (ScanForm::Rolled, 1),
+    (ScanForm::Chunked, 4),
+    (ScanForm::Chunked, 3),
+    (ScanForm::Chunked, 8),
+    (ScanForm::Chunked, 32),
+];
+
+fn compile_compact(
+    model: &mambalrp::onnx::proto::ModelProto,
+    rules: &str,
+    emit: bool,
+    (scan, chunk_len): (ScanForm, usize),
+) -> mambalrp::onnx::proto::ModelProto {
+    let options = mambalrp::Options {
+        rules: rules.parse().unwrap(),
+        emit_embedding: emit,
+        emit_layers: emit,
+        scan,
+        chunk_len,
+        ..mambalrp::Options::default()
+    };
+    mambalrp::compile(model, &options)
+        .unwrap_or_else(|e| panic!("compile failed: {e}"))
+        .model
+}
 
 const LENGTHS: [(&str, usize); 3] = [
     ("tiny_zerobias_s4", 4),
@@ -12,14 +42,22 @@ const LENGTHS: [(&str, usize); 3] = [
 ];
 
 #[test]
-fn rolled_node_count_does_not_depend_on_sequence_length() {
+fn compact_node_count_does_not_depend_on_sequence_length() {
     for exporter in EXPORTERS {
         let mut rolled = Vec::new();
+        let mut chunked = Vec::new();
         let mut unrolled = Vec::new();
         for (fixture, _) in LENGTHS {
             let model = load(fixture, exporter);
             rolled.push(
                 compile_form(&model, "mambalrp", true, ScanForm::Rolled)
+                    .graph
+                    .unwrap()
+                    .node
+                    .len(),
+            );
+            chunked.push(
+                compile_form(&model, "mambalrp", true, ScanForm::Chunked)
                     .graph
                     .unwrap()
                     .node
@@ -33,11 +71,13 @@ fn rolled_node_count_does_not_depend_on_sequence_length() {
                     .len(),
             );
         }
-        println!("tiny_zerobias{exporter} at S = 4, 8, 16: rolled {rolled:?} nodes, unrolled {unrolled:?}");
-        assert!(
-            rolled.windows(2).all(|w| w[0] == w[1]),
-            "rolled node counts vary with length: {rolled:?}"
-        );
+        println!("tiny_zerobias{exporter} at S = 4, 8, 16: rolled {rolled:?} nodes, chunked {chunked:?}, unrolled {unrolled:?}");
+        for counts in [&rolled, &chunked] {
+            assert!(
+                counts.windows(2).all(|w| w[0] == w[1]),
+                "compact node counts vary with length: {counts:?}"
+            );
+        }
         assert!(
             unrolled.windows(2).all(|w| w[0] < w[1]),
             "unrolled counts should grow: {unrolled:?}"
@@ -46,16 +86,11 @@ fn rolled_node_count_does_not_depend_on_sequence_length() {
 }
 
 #[test]
-fn rolled_relevance_matches_pytorch_at_every_length() {
-    for exporter in EXPORTERS {
+fn compact_relevance_matches_pytorch_at_every_length() {
+    for (exporter, form) in EXPORTERS.into_iter().flat_map(|e| COMPACT.map(|f| (e, f))) {
         for (fixture, length) in LENGTHS {
             let reference = Reference::load(fixture);
-            let compiled = compile_form(
-                &load(fixture, exporter),
-                "mambalrp",
-                false,
-                ScanForm::Rolled,
-            );
+            let compiled = compile_compact(&load(fixture, exporter), "mambalrp", false, form);
             for (runtime, outputs) in [
                 ("tract", run(&compiled, &reference.inputs())),
                 (
@@ -67,7 +102,7 @@ fn rolled_relevance_matches_pytorch_at_every_length() {
                     output(&outputs, "relevance"),
                     &reference.f32("mambalrp_relevance"),
                 );
-                println!("{fixture}{exporter} (S={length}) in {runtime}: relative error {err:.2e}");
+                println!("{fixture}{exporter} {form:?} (S={length}) in {runtime}: relative error {err:.2e}");
                 assert!(
                     err <= 1e-5,
                     "{fixture}{exporter} in {runtime}: off by {err:.2e}"
@@ -82,31 +117,33 @@ fn rolled_relevance_matches_pytorch_at_every_length() {
 }
 
 #[test]
-fn rolled_and_unrolled_agree_in_tract_and_onnxruntime() {
+fn compact_and_unrolled_forms_agree_in_tract_and_onnxruntime() {
     for fixture in FIXTURES {
         for exporter in EXPORTERS {
             let model = load(fixture, exporter);
             let inputs = Reference::load(fixture).inputs();
             for rules in ["mambalrp", "gi"] {
-                let rolled = compile_form(&model, rules, true, ScanForm::Rolled);
                 let unrolled = compile_form(&model, rules, true, ScanForm::Unrolled);
-                let runs = [
-                    ("tract", run(&rolled, &inputs), run(&unrolled, &inputs)),
-                    (
-                        "onnxruntime",
-                        run_ort(&rolled, &inputs).unwrap(),
-                        run_ort(&unrolled, &inputs).unwrap(),
-                    ),
+                let expected = [
+                    ("tract", run(&unrolled, &inputs)),
+                    ("onnxruntime", run_ort(&unrolled, &inputs).unwrap()),
                 ];
-                for (runtime, a, b) in runs {
-                    for name in [
-                        "logits",
-                        "relevance",
-                        "relevance_embedding",
-                        "relevance_layers",
-                    ] {
-                        let err = relative_error(output(&a, name), output(&b, name));
-                        assert!(err <= 1e-5, "{fixture}{exporter} {rules} {runtime}: {name} rolled vs unrolled {err:.2e}");
+                for form in COMPACT {
+                    let compact = compile_compact(&model, rules, true, form);
+                    for (runtime, b) in &expected {
+                        let a = match *runtime {
+                            "tract" => run(&compact, &inputs),
+                            _ => run_ort(&compact, &inputs).unwrap(),
+                        };
+                        for name in [
+                            "logits",
+                            "relevance",
+                            "relevance_embedding",
+                            "relevance_layers",
+                        ] {
+                            let err = relative_error(output(&a, name), output(b, name));
+                            assert!(err <= 1e-5, "{fixture}{exporter} {rules} {runtime}: {name} {form:?} vs unrolled {err:.2e}");
+                        }
                     }
                 }
             }

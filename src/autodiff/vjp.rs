@@ -7,7 +7,7 @@ use crate::ir::shapes::{normalize_axis, reduction, slice_spec, split_sizes};
 use crate::ir::Graph;
 use crate::onnx::attributes::{self, make_graph, make_int, make_ints};
 use crate::onnx::proto::NodeProto;
-use crate::reroll::backward_body;
+use crate::reroll::{backward_body, chunked, forward_scan_kind, ScanKind};
 
 pub(super) struct Step<'a> {
     pub node: &'a NodeProto,
@@ -29,12 +29,12 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
         detail: detail.to_string(),
     };
     if node.op_type() == "Scan" {
-        if !crate::reroll::is_forward_scan(node) {
+        let Some(kind) = forward_scan_kind(node) else {
             return Err(no_rule(
                 " (only the selective scans mambalrp re-rolls are differentiated)",
             ));
-        }
-        return selective_scan_backward(graph, step);
+        };
+        return selective_scan_backward(graph, step, kind);
     }
     let g = match step.out_grads.first() {
         Some(Some(g)) => g.clone(),
@@ -246,7 +246,65 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                 before[axis] = start.max(0) as usize;
                 after[axis] = shape[axis].saturating_sub(end.max(start).max(0) as usize);
             }
-            out.push(full(0, graph.op_pad(&g, &before, &after)));
+            let literal = |v: &String| {
+                graph.is_initializer(v)
+                    || graph
+                        .producer(v)
+                        .is_some_and(|(_, p)| p.op_type() == "Constant")
+            };
+            if node
+                .input
+                .iter()
+                .skip(1)
+                .all(|v| v.is_empty() || literal(v))
+            {
+                out.push(full(0, graph.op_pad(&g, &before, &after)));
+            } else {
+                // Bounds computed from runtime shapes (the chunked scan's trim to the sequence
+                // length): the zeros after the slice are counted at run time too.
+                let before = graph.const_i64(&before.iter().map(|&p| p as i64).collect::<Vec<_>>());
+                let (whole, part) = (
+                    graph.add_node("Shape", &[&node.input[0]], vec![]),
+                    graph.add_node("Shape", &[&g], vec![]),
+                );
+                let rest = graph.add_node("Sub", &[&whole, &part], vec![]);
+                let after = graph.add_node("Sub", &[&rest, &before], vec![]);
+                let pads = graph.add_node("Concat", &[&before, &after], vec![make_int("axis", 0)]);
+                out.push(full(0, graph.add_node("Pad", &[&g, &pads], vec![])));
+            }
+        }
+        "Pad" => {
+            let rank = input_shape(graph, 0)?.len();
+            if attributes::string(node, "mode").is_some_and(|m| m != "constant") {
+                return Err(no_rule(" (only constant-mode Pad)"));
+            }
+            if node.input.get(3).is_some_and(|a| !a.is_empty()) {
+                return Err(no_rule(" (Pad with an axes input)"));
+            }
+            let zero_fill = match node.input.get(2).filter(|v| !v.is_empty()) {
+                None => true,
+                Some(v) => graph
+                    .constant(v)
+                    .is_some_and(|t| t.to_f64_vec().iter().all(|&x| x == 0.0)),
+            };
+            let pads = graph
+                .constant(&node.input[1])
+                .map(|t| t.to_i64_vec())
+                .filter(|p| p.len() == 2 * rank && p.iter().all(|&x| x >= 0));
+            let (Some(pads), true) = (pads, zero_fill) else {
+                return Err(no_rule(
+                    " (Pad needs known, non-negative amounts and a zero fill)",
+                ));
+            };
+            // The cotangent of the input is the unpadded window, bounded by its runtime shape.
+            let begins = graph.const_i64(&pads[..rank]);
+            let shape = graph.add_node("Shape", &[&node.input[0]], vec![]);
+            let ends = graph.add_node("Add", &[&begins, &shape], vec![]);
+            let axes = graph.const_i64(&(0..rank as i64).collect::<Vec<_>>());
+            out.push(full(
+                0,
+                graph.add_node("Slice", &[&g, &begins, &ends, &axes], vec![]),
+            ));
         }
         "Split" => {
             let shape = input_shape(graph, 0)?;
@@ -474,21 +532,27 @@ fn conv_input_gradient(
     Ok(graph.add_node("ConvTranspose", &[g, &node.input[1]], attrs))
 }
 
-/// Backward of `Scan(h0, dA, dBu, C) -> (h_last, Y[, H])`: a reverse-time Scan gives
+/// Backward of `Scan(h0, dA, dBu, C) -> (h_last, Y[, H])` (or of its chunked form, which reads
+/// log dA and holds every operand as `[.., K chunks, L steps, ..]`): a reverse-time Scan gives
 /// G_H = dY/dh_t for every step, which is the cotangent of dBu; dA and C (frozen under the SSM
 /// rule) get theirs from the stored states H.
 fn selective_scan_backward(
     graph: &mut Graph,
     step: &Step,
+    kind: ScanKind,
 ) -> Result<(Contributions, Option<String>)> {
     let node = step.node;
     let (h0, decay, readout) = (&node.input[0], &node.input[1], &node.input[3]);
     let shape = graph.shape(decay)?.to_vec();
-    let [b, d, s, n] = shape[..] else {
-        return Err(Error::node(
-            node,
-            "selective scan decay must be [B, D, S, N]",
-        ));
+    let (b, d, n, chunk_len) = match (kind, &shape[..]) {
+        (ScanKind::Stepwise, &[b, d, _, n]) => (b, d, n, None),
+        (ScanKind::Chunked, &[b, d, _, len, n]) => (b, d, n, Some(len)),
+        _ => {
+            return Err(Error::node(
+                node,
+                "selective scan decay must be [B, D, S, N] (chunked: [B, D, K, L, N])",
+            ))
+        }
     };
     let grad_state = step.out_grads.first().cloned().flatten();
     let grad_y = step.out_grads.get(1).cloned().flatten();
@@ -504,7 +568,10 @@ fn selective_scan_backward(
     let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros_like(&node.output[1]));
     let carry = grad_state.unwrap_or_else(|| graph.op_zeros_like(h0));
     let dtype = graph.dtype_of(decay);
-    let body = backward_body(graph, (b, d, n), dtype);
+    let body = match chunk_len {
+        None => backward_body(graph, (b, d, n), dtype),
+        Some(len) => chunked::backward_body(graph, (b, d, n), len, dtype),
+    };
     let attrs = vec![
         make_graph("body", body),
         make_int("num_scan_inputs", 3),
@@ -550,21 +617,19 @@ fn selective_scan_backward(
                 )
             })?;
         if step.carries[1] {
-            let first = graph.op_unsqueeze(h0, &[2]);
-            let previous = if s > 1 {
-                let shifted = graph.op_slice_signed(states, 2, 0, -1);
-                graph.op_concat(&[first, shifted], 2)
-            } else {
-                first
-            };
-            out.push((
-                1,
-                Contribution::Full(graph.op_binary("Mul", &grad_states, &previous)),
-            ));
+            let previous = previous_states(graph, h0, states, &shape, chunk_len);
+            let mut grad_decay = graph.op_binary("Mul", &grad_states, &previous);
+            if chunk_len.is_some() {
+                // The chunked scan reads log dA: d dA / d log dA = dA.
+                let decay_values = graph.op_unary("Exp", decay);
+                grad_decay = graph.op_binary("Mul", &grad_decay, &decay_values);
+            }
+            out.push((1, Contribution::Full(grad_decay)));
         }
         if step.carries[3] {
-            let gy4 = graph.op_unsqueeze(&grad_y, &[3]);
-            let weighted = graph.op_binary("Mul", &gy4, states);
+            let last_axis = shape.len() as i64 - 1;
+            let gy = graph.op_unsqueeze(&grad_y, &[last_axis]);
+            let weighted = graph.op_binary("Mul", &gy, states);
             out.push((
                 3,
                 Contribution::Full(graph.op_reduce_sum(&weighted, &[1], false)),
@@ -572,4 +637,38 @@ fn selective_scan_backward(
         }
     }
     Ok((out, bias))
+}
+
+/// h_{t-1} for every step t, laid out like the stored states H (h_{-1} = h0).
+fn previous_states(
+    graph: &mut Graph,
+    h0: &str,
+    states: &str,
+    shape: &[usize],
+    chunk_len: Option<usize>,
+) -> String {
+    let n = *shape.last().expect("rank checked") as i64;
+    let steps: usize = shape[2..shape.len() - 1].iter().product();
+    // Chunked states [B,D,K,L,N] shift across chunk borders: work on the flat time axis.
+    let flat = match chunk_len {
+        Some(_) => {
+            let to_flat = graph.const_i64(&[0, 0, -1, n]);
+            graph.add_node("Reshape", &[states, &to_flat], vec![])
+        }
+        None => states.to_string(),
+    };
+    let first = graph.op_unsqueeze(h0, &[2]);
+    let previous = if steps > 1 {
+        let shifted = graph.op_slice_signed(&flat, 2, 0, -1);
+        graph.op_concat(&[first, shifted], 2)
+    } else {
+        first
+    };
+    match chunk_len {
+        Some(len) => {
+            let to_chunks = graph.const_i64(&[0, 0, -1, len as i64, n]);
+            graph.add_node("Reshape", &[&previous, &to_chunks], vec![])
+        }
+        None => previous,
+    }
 }

@@ -20,8 +20,11 @@ pub fn make_sequence_symbolic(graph: &mut Graph, traced: usize, inputs: &[String
         let from_conv = graph
             .producer(source)
             .is_some_and(|(_, n)| n.op_type() == "Conv");
+        if !from_conv {
+            continue;
+        }
         let shape = graph.shape(&node.input[0])?.to_vec();
-        if !from_conv || shape.len() != 3 {
+        if shape.len() != 3 {
             continue;
         }
         let spec = slice_spec(graph, node, &shape)?;

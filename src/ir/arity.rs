@@ -13,6 +13,7 @@ fn required(op: &str, opset: i64) -> Option<(usize, usize)> {
         | "Transpose" | "Flatten" | "Squeeze" | "Concat" | "Split" | "Shape"
         | "ConstantOfShape" | "ArgMax" | "ArgMin" | "Sum" | "Mean" | "ReduceMean" | "ReduceSum"
         | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" => (1, 1),
+        "CumSum" => (2, 1),
         "Unsqueeze" if opset >= 13 => (2, 1),
         "Unsqueeze" => (1, 1),
         "Slice" if opset >= 10 => (3, 1),

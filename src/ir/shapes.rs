@@ -605,6 +605,32 @@ fn infer_node(graph: &Graph, node: &NodeProto) -> Result<Vec<Option<ValueType>>>
                 shape: shape.collect(),
             })
         }
+        "CumSum" => one(input(0)?),
+        "Pad" => {
+            let x = input(0)?;
+            let pads = node
+                .input
+                .get(1)
+                .and_then(|p| graph.constant(p))
+                .ok_or_else(|| Error::node(node, "Pad amounts must be known at compile time"))?
+                .to_i64_vec();
+            if node.input.get(3).is_some_and(|a| !a.is_empty()) || pads.len() != 2 * x.rank() {
+                return Err(Error::node(
+                    node,
+                    "Pad needs one begin and one end per axis",
+                ));
+            }
+            let shape = (0..x.rank())
+                .map(|i| {
+                    usize::try_from(x.shape[i] as i64 + pads[i] + pads[i + x.rank()])
+                        .map_err(|_| Error::node(node, "Pad crops below zero length"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            one(ValueType {
+                dtype: x.dtype,
+                shape,
+            })
+        }
         "Shape" => {
             let x = input(0)?;
             let (start, end) = shape_op_range(node, x.rank());

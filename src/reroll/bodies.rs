@@ -8,15 +8,15 @@ use crate::onnx::Tensor;
 /// Name hint of the forward Scan nodes this pass creates (the backward pass recognises them).
 pub const SELECTIVE_SCAN: &str = "selective_scan";
 
-struct Body {
+pub(super) struct Body {
     prefix: String,
     /// Element type of every body input and output (the scan runs in one float type).
-    dtype: i32,
-    proto: GraphProto,
+    pub(super) dtype: i32,
+    pub(super) proto: GraphProto,
 }
 
 impl Body {
-    fn new(graph: &mut Graph, hint: &str, dtype: i32) -> Body {
+    pub(super) fn new(graph: &mut Graph, hint: &str, dtype: i32) -> Body {
         Body {
             prefix: graph.fresh_name(hint),
             dtype,
@@ -27,11 +27,11 @@ impl Body {
         }
     }
 
-    fn name(&self, local: &str) -> String {
+    pub(super) fn name(&self, local: &str) -> String {
         format!("{}/{local}", self.prefix)
     }
 
-    fn input(&mut self, local: &str, shape: &[usize]) -> String {
+    pub(super) fn input(&mut self, local: &str, shape: &[usize]) -> String {
         let name = self.name(local);
         self.proto
             .input
@@ -39,13 +39,13 @@ impl Body {
         name
     }
 
-    fn output(&mut self, value: &str, shape: &[usize]) {
+    pub(super) fn output(&mut self, value: &str, shape: &[usize]) {
         self.proto
             .output
             .push(crate::emit::value_info(value, self.dtype, shape));
     }
 
-    fn node(
+    pub(super) fn node(
         &mut self,
         op: &str,
         local: &str,
@@ -64,9 +64,26 @@ impl Body {
         out
     }
 
-    fn axes(&mut self, local: &str, axes: &[i64]) -> String {
-        let tensor = Tensor::I64(ndarray::arr1(axes).into_dyn()).to_proto(&self.name(local));
+    pub(super) fn axes(&mut self, local: &str, axes: &[i64]) -> String {
+        self.constant(local, Tensor::I64(ndarray::arr1(axes).into_dyn()))
+    }
+
+    pub(super) fn constant(&mut self, local: &str, value: Tensor) -> String {
+        let tensor = value.to_proto(&self.name(local));
         self.node("Constant", local, &[], vec![make_tensor("value", tensor)])
+    }
+
+    /// A scalar in the body's float type.
+    pub(super) fn float_scalar(&mut self, local: &str, value: f32) -> String {
+        let f32_value = self.constant(
+            &format!("{local}_f32"),
+            Tensor::F32(ndarray::arr0(value).into_dyn()),
+        );
+        if self.dtype == crate::onnx::proto::tensor_proto::DataType::Float as i32 {
+            return f32_value;
+        }
+        let dtype = self.dtype as i64;
+        self.node("Cast", local, &[&f32_value], vec![make_int("to", dtype)])
     }
 }
 

@@ -4,9 +4,13 @@
 //! ONNX `Scan`, so the graph (and the relevance pass over it) no longer grows with S.
 mod bodies;
 mod chain;
+pub mod chunked;
 
 pub use bodies::{backward_body, forward_body, SELECTIVE_SCAN};
 pub use chain::Chain;
+
+/// Name hint of the forward Scan nodes of the chunked form.
+pub const SELECTIVE_SCAN_CHUNKED: &str = "selective_scan_chunked";
 
 use std::collections::HashSet;
 
@@ -21,6 +25,9 @@ pub enum ScanForm {
     /// One ONNX `Scan` per layer, forward and backward: size independent of the length.
     #[default]
     Rolled,
+    /// One ONNX `Scan` per layer over chunks of steps, each chunk computed in parallel from
+    /// cumulative sums of log dA (Mamba-2's SSD algebra); size independent of the length.
+    Chunked,
     /// As exported: one copy of the step per time step.
     Unrolled,
 }
@@ -31,20 +38,28 @@ impl std::str::FromStr for ScanForm {
         match s {
             "rolled" => Ok(ScanForm::Rolled),
             "unrolled" => Ok(ScanForm::Unrolled),
-            "chunked" => {
-                Err("--scan chunked is not implemented yet; use rolled or unrolled".into())
-            }
+            "chunked" => Ok(ScanForm::Chunked),
             other => Err(format!(
-                "unknown scan form '{other}': expected rolled or unrolled"
+                "unknown scan form '{other}': expected rolled, chunked or unrolled"
             )),
         }
     }
 }
 
-/// Replaces every unrolled selective-scan chain by a `Scan` node. With `keep_states` the Scan
-/// also outputs all states `H` `[B, D, S, N]` (the gradient x input backward needs them).
-/// Returns how many chains were re-rolled; the caller rebuilds the graph's indexes.
-pub fn reroll(graph: &mut Graph, keep_states: bool) -> Result<usize> {
+/// Which of our forward selective-scan `Scan`s a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanKind {
+    /// One step per iteration: inputs h0, dA, dBu `[B,D,S,N]`, C `[B,S,N]`.
+    Stepwise,
+    /// One chunk per iteration: inputs h0, log dA, dBu `[B,D,K,L,N]`, C `[B,K,L,N]`.
+    Chunked,
+}
+
+/// Replaces every unrolled selective-scan chain by a `Scan` node, stepwise or (with
+/// `chunk_len`) chunked. With `keep_states` the Scan also outputs all states (the gradient x
+/// input backward needs them). Returns how many chains were re-rolled; the caller rebuilds the
+/// graph's indexes.
+pub fn reroll(graph: &mut Graph, keep_states: bool, chunk_len: Option<usize>) -> Result<usize> {
     let chains = chain::find_all(graph)?;
     if chains.is_empty() {
         return Ok(0);
@@ -52,6 +67,11 @@ pub fn reroll(graph: &mut Graph, keep_states: bool) -> Result<usize> {
     let used_before: HashSet<String> = used_values(graph);
     let mut concats = HashSet::new();
     for chain in &chains {
+        concats.insert(chain.concat_node.clone());
+        if let Some(len) = chunk_len {
+            chunked::emit(graph, chain, len.max(1), keep_states)?;
+            continue;
+        }
         let (b, d, _, n) = chain.dims;
         let dtype = graph.dtype_of(&chain.decay);
         let body = forward_body(graph, (b, d, n), dtype, keep_states);
@@ -90,7 +110,6 @@ pub fn reroll(graph: &mut Graph, keep_states: bool) -> Result<usize> {
             graph.proto.node[last].output[0] = chain.stacked.clone();
             let _ = cast;
         }
-        concats.insert(chain.concat_node.clone());
     }
     graph.proto.node.retain(|n| !concats.contains(n.name()));
     topo::remove_dead_nodes(graph, |_| true)?;
@@ -103,15 +122,28 @@ pub fn reroll(graph: &mut Graph, keep_states: bool) -> Result<usize> {
     Ok(chains.len())
 }
 
-/// True for the forward `Scan` nodes this pass creates (named `mambalrp/selective_scan_N`).
-pub fn is_forward_scan(node: &crate::onnx::proto::NodeProto) -> bool {
-    let prefix = format!("mambalrp/{SELECTIVE_SCAN}_");
-    node.op_type() == "Scan"
-        && node.input.len() == 4
-        && node
-            .name()
-            .strip_prefix(&prefix)
+/// The kind of a forward `Scan` this pass created (named `mambalrp/selective_scan_N` or
+/// `mambalrp/selective_scan_chunked_N`), `None` for any other node.
+pub fn forward_scan_kind(node: &crate::onnx::proto::NodeProto) -> Option<ScanKind> {
+    let numbered = |hint: &str| {
+        node.name()
+            .strip_prefix(&format!("mambalrp/{hint}_"))
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if node.op_type() != "Scan" || node.input.len() != 4 {
+        None
+    } else if numbered(SELECTIVE_SCAN) {
+        Some(ScanKind::Stepwise)
+    } else if numbered(SELECTIVE_SCAN_CHUNKED) {
+        Some(ScanKind::Chunked)
+    } else {
+        None
+    }
+}
+
+/// True for the forward selective-scan `Scan` nodes this pass creates, of either kind.
+pub fn is_forward_scan(node: &crate::onnx::proto::NodeProto) -> bool {
+    forward_scan_kind(node).is_some()
 }
 
 fn used_values(graph: &Graph) -> HashSet<String> {

@@ -49,16 +49,20 @@ pub struct CompileArgs {
     /// Print every rule site found and every rejected candidate with the reason.
     #[arg(long)]
     explain_matches: bool,
-    /// Form of the selective-scan recurrence: rolled (one Scan per layer, size independent of
-    /// the sequence length) or unrolled (as exported).
+    /// Form of the selective-scan recurrence: rolled (one Scan step per token), chunked (one
+    /// Scan step per chunk of tokens, computed in parallel) or unrolled (as exported). Rolled
+    /// and chunked graphs do not grow with the sequence length.
     #[arg(long, default_value = "rolled")]
     scan: ScanForm,
+    /// Tokens per chunk of the chunked scan.
+    #[arg(long, default_value_t = mambalrp::reroll::chunked::DEFAULT_CHUNK_LEN, value_parser = clap::value_parser!(u16).range(1..))]
+    chunk_len: u16,
     /// Make the sequence axis symbolic, so one compiled model explains any length (needs the
-    /// rolled scan; verification runs at the traced length).
+    /// rolled or chunked scan; verification runs at the traced length).
     #[arg(long)]
     dynamic_seq: bool,
-    /// Make the batch axis symbolic (needs the rolled scan; verification runs at the traced
-    /// batch size).
+    /// Make the batch axis symbolic (needs the rolled or chunked scan; verification runs at
+    /// the traced batch size).
     #[arg(long)]
     dynamic_batch: bool,
     /// Store the weights in OUTPUT.data next to the model (automatic above 2 GiB).
@@ -142,6 +146,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         emit_embedding: args.emit.contains(&Emit::Embedding),
         emit_layers: args.emit.contains(&Emit::Layers),
         scan: args.scan,
+        chunk_len: args.chunk_len.into(),
         dynamic_sequence: args.dynamic_seq,
         dynamic_batch: args.dynamic_batch,
     };

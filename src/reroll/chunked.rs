@@ -1,0 +1,254 @@
+//! The chunked (SSD-style) form of the selective scan. The sequence is cut into chunks of `len`
+//! steps; one `Scan` iteration handles a whole chunk in parallel from cumulative sums of
+//! log dA (Lc = cumsum(dt·A)): the state at step t of a chunk is
+//! `sum_{s<=t} exp(Lc_t - Lc_s) dBu_s + exp(Lc_t) h_in`. Every exponent is <= 0, so nothing
+//! overflows; the masked (s > t) entries are set to -inf before the Exp. The reverse Scan
+//! runs the same algebra backwards in time for the relevance.
+use super::bodies::Body;
+use super::chain::Chain;
+use super::SELECTIVE_SCAN_CHUNKED;
+use crate::error::{Error, Result};
+use crate::ir::Graph;
+use crate::onnx::attributes::{make_graph, make_int, make_ints};
+use crate::onnx::proto::GraphProto;
+use crate::onnx::Tensor;
+use crate::rules::skip_noops;
+
+/// Steps per chunk when `--scan chunked` is given without `--chunk-len`.
+pub const DEFAULT_CHUNK_LEN: u16 = 4;
+
+/// Replaces one unrolled chain by its chunked form. The stacked y keeps its name.
+pub(super) fn emit(graph: &mut Graph, chain: &Chain, len: usize, keep_states: bool) -> Result<()> {
+    let (b, d, _, n) = chain.dims;
+    let log_decay = log_decay_of(graph, &chain.decay)?;
+    let dtype = graph.dtype_of(&chain.decay);
+    let mut operands = Vec::new();
+    for value in [&chain.h0, &log_decay, &chain.input, &chain.readout] {
+        operands.push(if graph.dtype_of(value) == dtype {
+            value.clone()
+        } else {
+            graph.add_node("Cast", &[value], vec![make_int("to", dtype as i64)])
+        });
+    }
+    let [h0, log_decay, input, readout] = &operands[..] else {
+        unreachable!("four operands")
+    };
+    // Pad the time axis up to a whole number of chunks, from the runtime length, so the same
+    // graph serves any length. Padded steps have dA = 1 and dBu = C = 0: they change nothing.
+    let seq = graph.add_node(
+        "Shape",
+        &[input],
+        vec![make_int("start", 2), make_int("end", 3)],
+    );
+    let (short, chunk) = (
+        graph.const_i64(&[len as i64 - 1]),
+        graph.const_i64(&[len as i64]),
+    );
+    let rounded_up = graph.add_node("Add", &[&seq, &short], vec![]);
+    let chunks = graph.add_node("Div", &[&rounded_up, &chunk], vec![]);
+    let padded = graph.add_node("Mul", &[&chunks, &chunk], vec![]);
+    let pad = graph.add_node("Sub", &[&padded, &seq], vec![]);
+    // [begins..., ends...] with the pad at the end of the time axis, the one before last.
+    let pads = |graph: &mut Graph, rank: usize| {
+        let (before, after) = (
+            graph.const_i64(&vec![0; 2 * rank - 2]),
+            graph.const_i64(&[0]),
+        );
+        graph.add_node(
+            "Concat",
+            &[&before, &pad, &after],
+            vec![make_int("axis", 0)],
+        )
+    };
+    let (pads4, pads3) = (pads(graph, 4), pads(graph, 3));
+    let per_chunk4 = graph.const_i64(&[0, 0, -1, len as i64, n as i64]);
+    let per_chunk3 = graph.const_i64(&[0, -1, len as i64, n as i64]);
+    let chunked = |graph: &mut Graph, value: &str, pads: &str, shape: &str| {
+        let padded = graph.add_node("Pad", &[value, pads], vec![]);
+        graph.add_node("Reshape", &[&padded, shape], vec![])
+    };
+    let log_decay = chunked(graph, log_decay, &pads4, &per_chunk4);
+    let input = chunked(graph, input, &pads4, &per_chunk4);
+    let readout = chunked(graph, readout, &pads3, &per_chunk3);
+
+    let body = forward_body(graph, (b, d, n), len, dtype, keep_states);
+    let attrs = vec![
+        make_graph("body", body),
+        make_int("num_scan_inputs", 3),
+        make_ints("scan_input_axes", &[2, 2, 1]),
+        make_ints("scan_output_axes", if keep_states { &[2, 2] } else { &[2] }),
+    ];
+    let produced = graph.add_node_named(
+        SELECTIVE_SCAN_CHUNKED,
+        "Scan",
+        &[h0, &log_decay, &input, &readout],
+        if keep_states { 3 } else { 2 },
+        attrs,
+    );
+    let flat = graph.const_i64(&[0, 0, -1]);
+    let y_padded = graph.add_node("Reshape", &[&produced[1], &flat], vec![]);
+    let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
+    let y = graph.add_node("Slice", &[&y_padded, &start, &seq, &axis], vec![]);
+    let stacked_dtype = graph.dtype_of(&chain.stacked);
+    if stacked_dtype != dtype {
+        graph.add_node("Cast", &[&y], vec![make_int("to", stacked_dtype as i64)]);
+    }
+    // The last node takes over the stacked output's name, so its readers need no rewiring.
+    let last = graph.nodes().len() - 1;
+    graph.proto.node[last].output[0] = chain.stacked.clone();
+    Ok(())
+}
+
+/// log dA: the exporters compute dA = Exp(A * dt), and the chunked form needs the exponent
+/// (Log(dA) would turn underflowed decays into -inf and the segment sums into NaN).
+fn log_decay_of(graph: &Graph, decay: &str) -> Result<String> {
+    match graph.producer(skip_noops(graph, decay)) {
+        Some((_, node)) if node.op_type() == "Exp" => Ok(node.input[0].clone()),
+        found => Err(Error::Unsupported(format!(
+            "--scan chunked needs the decay '{decay}' computed as Exp(dt * A), but it is {}; use --scan rolled",
+            match found {
+                Some((_, node)) => format!("the output of {} '{}'", node.op_type(), node.name()),
+                None => "a graph input or initializer".into(),
+            }
+        ))),
+    }
+}
+
+/// Cumulative log decay within the chunk `[B, D, L, N]`, over the time axis.
+fn cumulative(body: &mut Body, log_decay: &str) -> String {
+    let axis = body.constant("time_axis", Tensor::I64(ndarray::arr0(2).into_dyn()));
+    body.node(
+        "CumSum",
+        "cumulative_log_decay",
+        &[log_decay, &axis],
+        vec![],
+    )
+}
+
+/// `out_t = sum_s exp(Lc_t - Lc_s) v_s` over s <= t (`causal`), or `exp(Lc_s - Lc_t) v_s`
+/// over s >= t (the reverse-time recurrence). The pair axes are t = 2, s = 3.
+fn segment_sum(body: &mut Body, lc: &str, v: &str, len: usize, causal: bool) -> String {
+    let (ax2, ax3) = (body.axes("pair_axis2", &[2]), body.axes("pair_axis3", &[3]));
+    let along_t = body.node("Unsqueeze", "lc_t", &[lc, &ax3], vec![]);
+    let along_s = body.node("Unsqueeze", "lc_s", &[lc, &ax2], vec![]);
+    let exponent = if causal {
+        body.node("Sub", "segment_log_decay", &[&along_t, &along_s], vec![])
+    } else {
+        body.node("Sub", "segment_log_decay", &[&along_s, &along_t], vec![])
+    };
+    let mask = ndarray::Array3::from_shape_fn(
+        (len, len, 1),
+        |(t, s, _)| {
+            if causal {
+                s <= t
+            } else {
+                s >= t
+            }
+        },
+    );
+    let mask = body.constant("segment_mask", Tensor::Bool(mask.into_dyn()));
+    let minus_inf = body.float_scalar("minus_inf", f32::NEG_INFINITY);
+    let masked = body.node(
+        "Where",
+        "masked_log_decay",
+        &[&mask, &exponent, &minus_inf],
+        vec![],
+    );
+    let weights = body.node("Exp", "segment_decay", &[&masked], vec![]);
+    let v_s = body.node("Unsqueeze", "v_s", &[v, &ax2], vec![]);
+    let terms = body.node("Mul", "segment_terms", &[&weights, &v_s], vec![]);
+    body.node(
+        "ReduceSum",
+        "segment_sum",
+        &[&terms, &ax3],
+        vec![make_int("keepdims", 0)],
+    )
+}
+
+fn step(body: &mut Body, local: &str, value: &str, index: usize) -> String {
+    let at = body.constant(
+        &format!("{local}_index"),
+        Tensor::I64(ndarray::arr0(index as i64).into_dyn()),
+    );
+    body.node("Gather", local, &[value, &at], vec![make_int("axis", 2)])
+}
+
+/// State h `[B,D,N]`; per chunk log dA, dBu `[B,D,L,N]`, C `[B,L,N]` -> the state after the
+/// chunk, y `[B,D,L]` (and the chunk's states `[B,D,L,N]` when `keep_states`).
+pub fn forward_body(
+    graph: &mut Graph,
+    (b, d, n): (usize, usize, usize),
+    len: usize,
+    dtype: i32,
+    keep_states: bool,
+) -> GraphProto {
+    let mut body = Body::new(graph, "selective_scan_chunked_body", dtype);
+    let h = body.input("h_prev", &[b, d, n]);
+    let la = body.input("log_decay_chunk", &[b, d, len, n]);
+    let u = body.input("input_chunk", &[b, d, len, n]);
+    let c = body.input("readout_chunk", &[b, len, n]);
+    let lc = cumulative(&mut body, &la);
+    let within = segment_sum(&mut body, &lc, &u, len, true);
+    let carried_decay = body.node("Exp", "decay_from_start", &[&lc], vec![]);
+    let axis2 = body.axes("axis2", &[2]);
+    let h4 = body.node("Unsqueeze", "h_prev_bd1n", &[&h, &axis2], vec![]);
+    let carried = body.node("Mul", "carried", &[&carried_decay, &h4], vec![]);
+    let states = body.node("Add", "states", &[&within, &carried], vec![]);
+    let axis1 = body.axes("axis1", &[1]);
+    let c4 = body.node("Unsqueeze", "readout_b1ln", &[&c, &axis1], vec![]);
+    let weighted = body.node("Mul", "weighted", &[&states, &c4], vec![]);
+    let axis3 = body.axes("axis3", &[3]);
+    let y = body.node(
+        "ReduceSum",
+        "y_chunk",
+        &[&weighted, &axis3],
+        vec![make_int("keepdims", 0)],
+    );
+    let h_next = step(&mut body, "h_next", &states, len - 1);
+    body.output(&h_next, &[b, d, n]);
+    body.output(&y, &[b, d, len]);
+    if keep_states {
+        let kept = body.node("Identity", "states_out", &[&states], vec![]);
+        body.output(&kept, &[b, d, len, n]);
+    }
+    body.proto
+}
+
+/// Reverse time, one chunk per iteration. Carry s = dA_{next} * g_{h_next} `[B,D,N]`; per
+/// chunk g_y `[B,D,L]`, C `[B,L,N]`, log dA `[B,D,L,N]` -> the chunk's g_h (emitted) and
+/// s' = dA_first * g_h_first.
+pub fn backward_body(
+    graph: &mut Graph,
+    (b, d, n): (usize, usize, usize),
+    len: usize,
+    dtype: i32,
+) -> GraphProto {
+    let mut body = Body::new(graph, "selective_scan_chunked_backward_body", dtype);
+    let carry = body.input("carry", &[b, d, n]);
+    let gy = body.input("grad_y_chunk", &[b, d, len]);
+    let c = body.input("readout_chunk", &[b, len, n]);
+    let la = body.input("log_decay_chunk", &[b, d, len, n]);
+    let axis3 = body.axes("axis3", &[3]);
+    let gy4 = body.node("Unsqueeze", "grad_y_bdl1", &[&gy, &axis3], vec![]);
+    let axis1 = body.axes("axis1", &[1]);
+    let c4 = body.node("Unsqueeze", "readout_b1ln", &[&c, &axis1], vec![]);
+    let from_y = body.node("Mul", "grad_from_y", &[&gy4, &c4], vec![]);
+    let lc = cumulative(&mut body, &la);
+    let within = segment_sum(&mut body, &lc, &from_y, len, false);
+    let end = step(&mut body, "lc_end", &lc, len - 1);
+    let axis2 = body.axes("axis2", &[2]);
+    let end4 = body.node("Unsqueeze", "lc_end_bd1n", &[&end, &axis2], vec![]);
+    let to_end = body.node("Sub", "log_decay_to_end", &[&end4, &lc], vec![]);
+    let to_end = body.node("Exp", "decay_to_end", &[&to_end], vec![]);
+    let carry4 = body.node("Unsqueeze", "carry_bd1n", &[&carry, &axis2], vec![]);
+    let carried = body.node("Mul", "carried", &[&to_end, &carry4], vec![]);
+    let grad_h = body.node("Add", "grad_h_chunk", &[&within, &carried], vec![]);
+    let first_log = step(&mut body, "first_log_decay", &la, 0);
+    let first_decay = body.node("Exp", "first_decay", &[&first_log], vec![]);
+    let first_grad = step(&mut body, "first_grad_h", &grad_h, 0);
+    let carry_next = body.node("Mul", "carry_next", &[&first_decay, &first_grad], vec![]);
+    let grad_out = body.node("Identity", "grad_h_chunk_out", &[&grad_h], vec![]);
+    body.output(&carry_next, &[b, d, n]);
+    body.output(&grad_out, &[b, d, len, n]);
+    body.proto
+}
