@@ -252,16 +252,19 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                         .producer(v)
                         .is_some_and(|(_, p)| p.op_type() == "Constant")
             };
-            if node
-                .input
-                .iter()
-                .skip(1)
-                .all(|v| v.is_empty() || literal(v))
+            // Our own slices with bounds from runtime shapes (the chunked scan's trim to the
+            // sequence length) count the zeros after the slice at run time too; the exporters'
+            // slices keep static amounts (the conv slice is rewritten for --dynamic-seq).
+            let ours = node.name().starts_with("mambalrp/");
+            if !ours
+                || node
+                    .input
+                    .iter()
+                    .skip(1)
+                    .all(|v| v.is_empty() || literal(v))
             {
                 out.push(full(0, graph.op_pad(&g, &before, &after)));
             } else {
-                // Bounds computed from runtime shapes (the chunked scan's trim to the sequence
-                // length): the zeros after the slice are counted at run time too.
                 let before = graph.const_i64(&before.iter().map(|&p| p as i64).collect::<Vec<_>>());
                 let (whole, part) = (
                     graph.add_node("Shape", &[&node.input[0]], vec![]),

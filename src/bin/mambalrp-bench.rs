@@ -2,7 +2,7 @@
 //! table. A command, not a test: numbers depend on the machine.
 //!
 //! ```text
-//! mambalrp-bench MODEL.onnx [MODEL.onnx ...] [--runs 5] [--scan rolled,unrolled]
+//! mambalrp-bench MODEL.onnx [MODEL.onnx ...] [--runs 5] [--scan rolled,chunked,unrolled] [--chunk-len 4]
 //! ```
 //! For each model and scan form: compile time and peak memory (from a `mambalrp-compile` child
 //! process, so each is measured alone), node counts, ONNX Runtime session creation time and
@@ -30,8 +30,11 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Scan forms to compile.
-    #[arg(long, value_delimiter = ',', default_value = "rolled,unrolled")]
+    #[arg(long, value_delimiter = ',', default_value = "rolled,chunked,unrolled")]
     scan: Vec<ScanForm>,
+    /// Tokens per chunk of the chunked form (several values: one row each).
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    chunk_len: Vec<u16>,
     /// Folder for the compiled models (default: a temporary folder).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -99,16 +102,27 @@ fn main() -> anyhow::Result<()> {
         let original_nodes = node_count(model_path)?;
         let original = time_ort(model_path, &inputs, args.runs)
             .with_context(|| format!("running {}", model_path.display()))?;
-        for scan in &args.scan {
-            let scan_name = serde_json::to_string(scan)?.trim_matches('"').to_string();
+        let forms = args.scan.iter().flat_map(|&scan| match scan {
+            ScanForm::Chunked => args.chunk_len.iter().map(|&l| (scan, Some(l))).collect(),
+            _ => vec![(scan, None)],
+        });
+        for (scan, chunk_len) in forms {
+            let form = serde_json::to_string(&scan)?.trim_matches('"').to_string();
+            let mut scan_name = form.clone();
+            let mut extra = Vec::new();
+            if let Some(len) = chunk_len {
+                extra = vec!["--chunk-len".to_string(), len.to_string()];
+                scan_name = format!("{scan_name}{len}");
+            }
             let out = temp.join(format!("{name}_{scan_name}_lrp.onnx"));
             let report = temp.join(format!("{name}_{scan_name}.json"));
             let status = Command::new(&compiler)
                 .arg(model_path)
                 .arg("-o")
                 .arg(&out)
-                .args(["--no-verify", "--scan", &scan_name, "--report"])
+                .args(["--no-verify", "--scan", &form, "--report"])
                 .arg(&report)
+                .args(&extra)
                 .output()?;
             if !status.status.success() {
                 bail!(
