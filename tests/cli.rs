@@ -187,3 +187,39 @@ fn a_model_without_mamba_blocks_is_refused_saying_what_was_looked_for() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn large_model_files_are_memory_mapped_and_compile_alike() {
+    // Files of 64 MiB and more are mapped instead of read; pad a bundled model past that size
+    // with an unused initializer and check the compile is the same as for the small file.
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load("tiny_zerobias", "");
+    model
+        .graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .push(mambalrp::onnx::proto::TensorProto {
+            name: Some("unused_padding".into()),
+            dims: vec![17 << 20],
+            data_type: Some(1),
+            raw_data: Some(vec![0u8; 68 << 20].into()),
+            ..Default::default()
+        });
+    let big = dir.path().join("big.onnx");
+    mambalrp::onnx::save_model_atomically(&model, &big).unwrap();
+    assert!(std::fs::metadata(&big).unwrap().len() >= 64 << 20);
+    let mut compiled = Vec::new();
+    for (name, input) in [("small", model_path("tiny_zerobias", "")), ("big", big)] {
+        let out = dir.path().join(format!("{name}_lrp.onnx"));
+        let result = cli(&[arg(&input), "-o", arg(&out)]);
+        assert!(result.status.success(), "{name}: {}", text(&result));
+        assert!(
+            text(&result).contains("conservation: OK"),
+            "{}",
+            text(&result)
+        );
+        compiled.push(mambalrp::onnx::load_model(&out).unwrap().graph.unwrap());
+    }
+    assert_eq!(compiled[0].node, compiled[1].node);
+}

@@ -10,13 +10,29 @@ use prost::Message;
 use super::proto::ModelProto;
 use crate::error::{Error, Result};
 
+/// Model files at least this large are memory-mapped rather than read. The compiler never
+/// looks at weight bytes until it writes them out, so mapped weights are paged in only then,
+/// after the big exported graph has been replaced by the compact one: peak memory stays near
+/// the model size instead of model + decoded graph.
+const MAP_AT_BYTES: u64 = 64 << 20;
+
 /// Reads a model and any external data it references (from its own folder only).
 pub fn load_model(path: &Path) -> Result<ModelProto> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let read_error = |source| Error::Read {
         path: path.into(),
         source,
-    })?;
-    let mut model = decode_shared(Bytes::from(bytes), path)?;
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let size = file.metadata().map_err(read_error)?.len();
+    let bytes = if size >= MAP_AT_BYTES {
+        // SAFETY: the map is read-only and private to us. Should another process truncate
+        // the file while we compile, reads past the new end fault; documented in README.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(read_error)?;
+        Bytes::from_owner(map)
+    } else {
+        Bytes::from(std::fs::read(path).map_err(read_error)?)
+    };
+    let mut model = decode_shared(bytes, path)?;
     super::external::load_external_data(&mut model, path)?;
     Ok(model)
 }
