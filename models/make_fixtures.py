@@ -141,15 +141,20 @@ def export(model, ids, name):
                                   output_names=["logits"])
     finally:
         model.config.return_dict = True
+    drop_stack_traces(dy_path)
+    return ts_path, dy_path
+
+
+def drop_stack_traces(path):
+    """Removes the dynamo exporter's per-node stack traces (absolute source paths)."""
     import onnx
 
-    m = onnx.load(dy_path)
+    m = onnx.load(path)
     for node in m.graph.node:
         keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
         del node.metadata_props[:]
         node.metadata_props.extend(keep)
-    onnx.save(m, dy_path)
-    return ts_path, dy_path
+    onnx.save(m, path)
 
 
 def ort_logits(path, ids):

@@ -10,12 +10,6 @@ use common::*;
 use mambalrp::emit::TargetMode;
 use mambalrp::{compile, Options};
 
-fn python() -> PathBuf {
-    std::env::var_os("MAMBALRP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python"))
-}
-
 #[test]
 fn compiled_fixtures_pass_the_full_onnx_checker() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,17 +94,19 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
             }
         }
     }
-    for scan in [ScanForm::Rolled, ScanForm::Chunked, ScanForm::Unrolled] {
+    let half = ["tiny_zerobias_fp16", "tiny_zerobias_bf16"];
+    for (fixture, scan) in half
+        .into_iter()
+        .flat_map(|f| [ScanForm::Rolled, ScanForm::Chunked, ScanForm::Unrolled].map(|s| (f, s)))
+    {
         let options = Options {
             scan,
             emit_embedding: true,
             emit_layers: true,
             ..Options::default()
         };
-        let compiled = compile(&load("tiny_zerobias_fp16", ""), &options)
-            .unwrap()
-            .model;
-        let path = dir.path().join(format!("tiny_zerobias_fp16_{scan:?}.onnx"));
+        let compiled = compile(&load(fixture, ""), &options).unwrap().model;
+        let path = dir.path().join(format!("{fixture}_{scan:?}.onnx"));
         mambalrp::onnx::save_model_atomically(&compiled, &path).unwrap();
         files.push(path);
     }

@@ -5,14 +5,6 @@ use crate::ir::Graph;
 /// The embeddings E: a float graph input (inputs_embeds), or else the output of the `Gather` that
 /// looks integer token ids up in a `[vocab, hidden]` table.
 pub fn find_embeddings(graph: &Graph) -> Result<String> {
-    // Neither runtime we verify with runs bfloat16 exports (ONNX Runtime's CPU provider has no
-    // bfloat16 Conv, tract no bfloat16 at all), so such a graph could not be checked.
-    if let Some(t) = graph.proto.initializer.iter().find(|t| t.data_type() == 16) {
-        return Err(Error::Unsupported(format!(
-            "bfloat16 weights ('{}'): bfloat16 models are not supported (float32 and float16 are)",
-            t.name()
-        )));
-    }
     for input in graph.graph_input_names() {
         if graph
             .value_type(&input)

@@ -49,12 +49,28 @@ impl std::str::FromStr for Runtime {
     }
 }
 
+/// Refuses models no runtime here can execute: bfloat16 exports (tract has no bfloat16, and
+/// ONNX Runtime's CPU provider no bfloat16 Conv).
+pub fn ensure_runnable(model: &ModelProto) -> Result<()> {
+    let graph = model.graph.as_ref();
+    match graph.and_then(|g| g.initializer.iter().find(|t| t.data_type() == 16)) {
+        Some(t) => Err(crate::error::Error::Unsupported(format!(
+            "bfloat16 weights ('{}'): neither tract nor ONNX Runtime's CPU provider runs bfloat16 \
+             models (no bfloat16 Conv), so they cannot be verified or checked here; compile \
+             with --no-verify and run the compiled model where bfloat16 runs (e.g. a GPU provider)",
+            t.name()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs `model` once in `runtime` and returns its float32 outputs by name, in graph order.
 pub fn run_model(
     runtime: Runtime,
     model: &ModelProto,
     inputs: &[(String, Tensor)],
 ) -> Result<Vec<(String, ArrayD<f32>)>> {
+    ensure_runnable(model)?;
     match runtime {
         Runtime::Tract => run_tract(model, inputs),
         Runtime::Ort => run_ort(model, inputs),

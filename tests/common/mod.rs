@@ -123,3 +123,11 @@ pub fn text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The Python with `onnx` that the README's test command installs (.venv-test), or
+/// MAMBALRP_PYTHON.
+pub fn python() -> PathBuf {
+    std::env::var_os("MAMBALRP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python"))
+}

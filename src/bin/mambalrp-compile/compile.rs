@@ -161,6 +161,10 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         dynamic_sequence: args.dynamic_seq,
         dynamic_batch: args.dynamic_batch,
     };
+    if !args.no_verify {
+        verify::ensure_runnable(&model)
+            .with_context(|| format!("cannot verify {}", model_path.display()))?;
+    }
     // Verification runs the original too; without it the weights are held once.
     let original = (!args.no_verify).then(|| model.clone());
     let (compiled, seconds) = phase(&progress, "compiling", || compile_owned(model, &options));
