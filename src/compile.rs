@@ -19,8 +19,8 @@ pub struct Options {
     pub emit_embedding: bool,
     pub emit_layers: bool,
     pub scan: ScanForm,
-    /// Steps per chunk of the chunked scan form.
-    pub chunk_len: usize,
+    /// Tokens per Scan iteration of the rolled and chunked forms (`None`: the form's default).
+    pub chunk_len: Option<usize>,
     /// Emit a symbolic sequence axis (needs a rolled or chunked scan).
     pub dynamic_sequence: bool,
     /// Emit a symbolic batch axis (needs a rolled or chunked scan).
@@ -35,7 +35,7 @@ impl Default for Options {
             emit_embedding: false,
             emit_layers: false,
             scan: ScanForm::Rolled,
-            chunk_len: crate::reroll::chunked::DEFAULT_CHUNK_LEN as usize,
+            chunk_len: None,
             dynamic_sequence: false,
             dynamic_batch: false,
         }
@@ -52,6 +52,9 @@ pub struct CompileReport {
     pub rejected_candidates: Vec<String>,
     pub blocks: usize,
     pub scan: ScanForm,
+    /// Tokens per Scan iteration of the rolled or chunked form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_len: Option<usize>,
     /// Selective-scan chains replaced by a `Scan` node.
     pub rerolled_scans: usize,
     pub nodes_original: usize,
@@ -103,19 +106,21 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
     let mut graph = Graph::take_from(&mut model)?;
     check_versions(&model, &graph)?;
     let nodes_original = graph.nodes().len();
-    let rerolled_scans = match options.scan {
-        ScanForm::Rolled | ScanForm::Chunked => {
+    let chunk_len = options
+        .chunk_len
+        .unwrap_or_else(|| options.scan.default_chunk_len());
+    let rerolled_scans = match options.scan.kind() {
+        Some(kind) => {
             // Gradient x input needs the states to differentiate through dA and C.
             let keep_states = !options.rules.contains(rules::Rule::Ssm);
-            let chunk_len = (options.scan == ScanForm::Chunked).then_some(options.chunk_len);
-            let count = reroll(&mut graph, keep_states, chunk_len)?;
+            let count = reroll(&mut graph, kind, chunk_len, keep_states)?;
             if count > 0 {
                 graph.into_model(&mut model);
                 graph = Graph::take_from(&mut model)?;
             }
             count
         }
-        ScanForm::Unrolled => 0,
+        None => 0,
     };
     for name in [
         emit::RELEVANCE,
@@ -264,6 +269,7 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         } else {
             ScanForm::Unrolled
         },
+        chunk_len: (rerolled_scans > 0).then_some(chunk_len),
         rerolled_scans,
         nodes_original,
         nodes_compiled: graph.nodes().len(),
@@ -278,13 +284,13 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         &mut compiled,
         &[
             ("mambalrp.version", report.tool_version.clone()),
-            (
-                "mambalrp.scan",
-                serde_json::to_string(&report.scan)
-                    .unwrap_or_default()
-                    .trim_matches('"')
-                    .to_string(),
-            ),
+            ("mambalrp.scan", {
+                let form = serde_json::to_string(&report.scan).unwrap_or_default();
+                match report.chunk_len {
+                    Some(len) => format!("{}, {len} tokens per iteration", form.trim_matches('"')),
+                    None => form.trim_matches('"').to_string(),
+                }
+            }),
             ("mambalrp.rules", report.rules.clone()),
             (
                 "mambalrp.target",

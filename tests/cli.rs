@@ -223,3 +223,53 @@ fn large_model_files_are_memory_mapped_and_compile_alike() {
     }
     assert_eq!(compiled[0].node, compiled[1].node);
 }
+
+#[test]
+fn chunked_scan_compiles_verifies_and_reports_its_chunk_length_and_bad_lengths_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = (dir.path().join("chunked.onnx"), dir.path().join("r.json"));
+    let model = model_path("tiny_convbias", "");
+    let result = cli(&[
+        arg(&model),
+        "-o",
+        arg(&out),
+        "--scan",
+        "chunked",
+        "--chunk-len",
+        "3",
+        "--report",
+        arg(&report),
+    ]);
+    assert!(result.status.success(), "{}", text(&result));
+    assert!(
+        text(&result).contains("conservation: OK"),
+        "{}",
+        text(&result)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["compile"]["scan"], "chunked");
+    assert_eq!(json["compile"]["chunk_len"], 3);
+    let compiled = mambalrp::onnx::load_model(&out).unwrap();
+    let scan = compiled
+        .metadata_props
+        .iter()
+        .find(|p| p.key() == "mambalrp.scan");
+    assert_eq!(scan.unwrap().value(), "chunked, 3 tokens per iteration");
+    for bad in [
+        vec!["--scan", "unrolled", "--chunk-len", "3"],
+        vec!["--scan", "chunked", "--chunk-len", "0"],
+        vec!["--scan", "fast"],
+    ] {
+        let out = dir.path().join("refused.onnx");
+        let mut args = vec![arg(&model), "-o", arg(&out)];
+        args.extend(bad.iter().copied());
+        let refused = cli(&args);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            text(&refused)
+        );
+        assert!(!out.exists());
+    }
+}

@@ -8,8 +8,8 @@ use mambalrp::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
 use mambalrp::verify::{conservation, run_ort};
 use mambalrp::{compile, Options};
 
-/// Rolled, and chunked with 3 steps per chunk (so S = 4, 8 and 16 all need padding).
-const FORMS: [(ScanForm, usize); 2] = [(ScanForm::Rolled, 1), (ScanForm::Chunked, 3)];
+/// Rolled and chunked with 3 tokens per Scan iteration (so S = 4, 8 and 16 all need padding).
+const FORMS: [(ScanForm, usize); 2] = [(ScanForm::Rolled, 3), (ScanForm::Chunked, 3)];
 
 fn dynamic(
     fixture: &str,
@@ -19,7 +19,7 @@ fn dynamic(
     let options = Options {
         dynamic_sequence: true,
         scan,
-        chunk_len,
+        chunk_len: Some(chunk_len),
         ..Options::default()
     };
     compile(&load(fixture, exporter), &options)
@@ -117,7 +117,7 @@ fn one_compiled_model_explains_every_batch_size() {
                 dynamic_sequence: true,
                 dynamic_batch: true,
                 scan,
-                chunk_len,
+                chunk_len: Some(chunk_len),
                 target,
                 ..Options::default()
             };

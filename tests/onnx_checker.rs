@@ -85,7 +85,7 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
                     scan,
                     dynamic_sequence,
                     dynamic_batch: dynamic_sequence,
-                    chunk_len: 3,
+                    chunk_len: Some(3),
                 };
                 let compiled = compile(&model, &options).unwrap().model;
                 let path = dir.path().join(format!("{fixture}{exporter}_{label}.onnx"));

@@ -6,13 +6,15 @@ mod common;
 use common::*;
 use mambalrp::verify::{conservation, run_ort};
 
-/// The compact forms: rolled, and chunked with chunks that divide S, do not (padding), equal
-/// S = 8 or exceed it.
-const COMPACT: [(ScanForm, usize); 5] = [
+/// The compact forms, with chunks (tokens per Scan iteration) of one token, chunks that
+/// divide S, do not (padding), equal S = 8 or exceed it.
+const COMPACT: [(ScanForm, usize); 7] = [
     (ScanForm::Rolled, 1),
-    (ScanForm::Chunked, 4),
+    (ScanForm::Rolled, 3),
+    (ScanForm::Rolled, 8),
+    (ScanForm::Chunked, 1),
     (ScanForm::Chunked, 3),
-    (ScanForm::Chunked, 8),
+    (ScanForm::Chunked, 4),
     (ScanForm::Chunked, 32),
 ];
 
@@ -27,7 +29,7 @@ fn compile_compact(
         emit_embedding: emit,
         emit_layers: emit,
         scan,
-        chunk_len,
+        chunk_len: Some(chunk_len),
         ..mambalrp::Options::default()
     };
     mambalrp::compile(model, &options)

@@ -7,7 +7,7 @@ use crate::ir::shapes::{normalize_axis, reduction, slice_spec, split_sizes};
 use crate::ir::Graph;
 use crate::onnx::attributes::{self, make_graph, make_int, make_ints};
 use crate::onnx::proto::NodeProto;
-use crate::reroll::{backward_body, chunked, forward_scan_kind, ScanKind};
+use crate::reroll::{bodies, chunked, forward_scan_kind, ScanKind};
 
 pub(super) struct Step<'a> {
     pub node: &'a NodeProto,
@@ -535,8 +535,8 @@ fn conv_input_gradient(
     Ok(graph.add_node("ConvTranspose", &[g, &node.input[1]], attrs))
 }
 
-/// Backward of `Scan(h0, dA, dBu, C) -> (h_last, Y[, H])` (or of its chunked form, which reads
-/// log dA and holds every operand as `[.., K chunks, L steps, ..]`): a reverse-time Scan gives
+/// Backward of `Scan(h0, dA, dBu, C) -> (h_last, Y[, H])` over chunks of L steps (every operand
+/// laid out `[.., K chunks, L steps, ..]`; the chunked form reads log dA): a reverse-time Scan gives
 /// G_H = dY/dh_t for every step, which is the cotangent of dBu; dA and C (frozen under the SSM
 /// rule) get theirs from the stored states H.
 fn selective_scan_backward(
@@ -547,15 +547,11 @@ fn selective_scan_backward(
     let node = step.node;
     let (h0, decay, readout) = (&node.input[0], &node.input[1], &node.input[3]);
     let shape = graph.shape(decay)?.to_vec();
-    let (b, d, n, chunk_len) = match (kind, &shape[..]) {
-        (ScanKind::Stepwise, &[b, d, _, n]) => (b, d, n, None),
-        (ScanKind::Chunked, &[b, d, _, len, n]) => (b, d, n, Some(len)),
-        _ => {
-            return Err(Error::node(
-                node,
-                "selective scan decay must be [B, D, S, N] (chunked: [B, D, K, L, N])",
-            ))
-        }
+    let &[b, d, _, len, n] = &shape[..] else {
+        return Err(Error::node(
+            node,
+            "selective scan decay must be [B, D, K chunks, L steps, N]",
+        ));
     };
     let grad_state = step.out_grads.first().cloned().flatten();
     let grad_y = step.out_grads.get(1).cloned().flatten();
@@ -571,9 +567,9 @@ fn selective_scan_backward(
     let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros_like(&node.output[1]));
     let carry = grad_state.unwrap_or_else(|| graph.op_zeros_like(h0));
     let dtype = graph.dtype_of(decay);
-    let body = match chunk_len {
-        None => backward_body(graph, (b, d, n), dtype),
-        Some(len) => chunked::backward_body(graph, (b, d, n), len, dtype),
+    let body = match kind {
+        ScanKind::Stepwise => bodies::backward_body(graph, (b, d, n), len, dtype),
+        ScanKind::Chunked => chunked::backward_body(graph, (b, d, n), len, dtype),
     };
     let attrs = vec![
         make_graph("body", body),
@@ -620,9 +616,9 @@ fn selective_scan_backward(
                 )
             })?;
         if step.carries[1] {
-            let previous = previous_states(graph, h0, states, &shape, chunk_len);
+            let previous = previous_states(graph, h0, states, &shape);
             let mut grad_decay = graph.op_binary("Mul", &grad_states, &previous);
-            if chunk_len.is_some() {
+            if kind == ScanKind::Chunked {
                 // The chunked scan reads log dA: d dA / d log dA = dA.
                 let decay_values = graph.op_unary("Exp", decay);
                 grad_decay = graph.op_binary("Mul", &grad_decay, &decay_values);
@@ -642,36 +638,19 @@ fn selective_scan_backward(
     Ok((out, bias))
 }
 
-/// h_{t-1} for every step t, laid out like the stored states H (h_{-1} = h0).
-fn previous_states(
-    graph: &mut Graph,
-    h0: &str,
-    states: &str,
-    shape: &[usize],
-    chunk_len: Option<usize>,
-) -> String {
-    let n = *shape.last().expect("rank checked") as i64;
-    let steps: usize = shape[2..shape.len() - 1].iter().product();
-    // Chunked states [B,D,K,L,N] shift across chunk borders: work on the flat time axis.
-    let flat = match chunk_len {
-        Some(_) => {
-            let to_flat = graph.const_i64(&[0, 0, -1, n]);
-            graph.add_node("Reshape", &[states, &to_flat], vec![])
-        }
-        None => states.to_string(),
-    };
+/// h_{t-1} for every step t, laid out like the stored states H `[B,D,K,L,N]` (h_{-1} = h0).
+/// The shift crosses chunk borders, so it works on the flat time axis.
+fn previous_states(graph: &mut Graph, h0: &str, states: &str, shape: &[usize]) -> String {
+    let (len, n) = (shape[3] as i64, shape[4] as i64);
+    let to_flat = graph.const_i64(&[0, 0, -1, n]);
+    let flat = graph.add_node("Reshape", &[states, &to_flat], vec![]);
     let first = graph.op_unsqueeze(h0, &[2]);
-    let previous = if steps > 1 {
+    let previous = if shape[2] * shape[3] > 1 {
         let shifted = graph.op_slice_signed(&flat, 2, 0, -1);
         graph.op_concat(&[first, shifted], 2)
     } else {
         first
     };
-    match chunk_len {
-        Some(len) => {
-            let to_chunks = graph.const_i64(&[0, 0, -1, len as i64, n]);
-            graph.add_node("Reshape", &[&previous, &to_chunks], vec![])
-        }
-        None => previous,
-    }
+    let to_chunks = graph.const_i64(&[0, 0, -1, len, n]);
+    graph.add_node("Reshape", &[&previous, &to_chunks], vec![])
 }

@@ -32,8 +32,9 @@ struct Args {
     /// Scan forms to compile.
     #[arg(long, value_delimiter = ',', default_value = "rolled,chunked,unrolled")]
     scan: Vec<ScanForm>,
-    /// Tokens per chunk of the chunked form (several values: one row each).
-    #[arg(long, value_delimiter = ',', default_value = "4")]
+    /// Tokens per Scan iteration of the chunked form (several values: one row each; default:
+    /// the compiler's).
+    #[arg(long, value_delimiter = ',')]
     chunk_len: Vec<u16>,
     /// Folder for the compiled models (default: a temporary folder).
     #[arg(long)]
@@ -103,7 +104,9 @@ fn main() -> anyhow::Result<()> {
         let original = time_ort(model_path, &inputs, args.runs)
             .with_context(|| format!("running {}", model_path.display()))?;
         let forms = args.scan.iter().flat_map(|&scan| match scan {
-            ScanForm::Chunked => args.chunk_len.iter().map(|&l| (scan, Some(l))).collect(),
+            ScanForm::Chunked if !args.chunk_len.is_empty() => {
+                args.chunk_len.iter().map(|&l| (scan, Some(l))).collect()
+            }
             _ => vec![(scan, None)],
         });
         for (scan, chunk_len) in forms {

@@ -5,114 +5,13 @@
 //! overflows; the masked (s > t) entries are set to -inf before the Exp. The reverse Scan
 //! runs the same algebra backwards in time for the relevance.
 use super::bodies::Body;
-use super::chain::Chain;
-use super::SELECTIVE_SCAN_CHUNKED;
-use crate::error::{Error, Result};
 use crate::ir::Graph;
-use crate::onnx::attributes::{make_graph, make_int, make_ints};
+use crate::onnx::attributes::make_int;
 use crate::onnx::proto::GraphProto;
 use crate::onnx::Tensor;
-use crate::rules::skip_noops;
 
 /// Steps per chunk when `--scan chunked` is given without `--chunk-len`.
 pub const DEFAULT_CHUNK_LEN: u16 = 4;
-
-/// Replaces one unrolled chain by its chunked form. The stacked y keeps its name.
-pub(super) fn emit(graph: &mut Graph, chain: &Chain, len: usize, keep_states: bool) -> Result<()> {
-    let (b, d, _, n) = chain.dims;
-    let log_decay = log_decay_of(graph, &chain.decay)?;
-    let dtype = graph.dtype_of(&chain.decay);
-    let mut operands = Vec::new();
-    for value in [&chain.h0, &log_decay, &chain.input, &chain.readout] {
-        operands.push(if graph.dtype_of(value) == dtype {
-            value.clone()
-        } else {
-            graph.add_node("Cast", &[value], vec![make_int("to", dtype as i64)])
-        });
-    }
-    let [h0, log_decay, input, readout] = &operands[..] else {
-        unreachable!("four operands")
-    };
-    // Pad the time axis up to a whole number of chunks, from the runtime length, so the same
-    // graph serves any length. Padded steps have dA = 1 and dBu = C = 0: they change nothing.
-    let seq = graph.add_node(
-        "Shape",
-        &[input],
-        vec![make_int("start", 2), make_int("end", 3)],
-    );
-    let (short, chunk) = (
-        graph.const_i64(&[len as i64 - 1]),
-        graph.const_i64(&[len as i64]),
-    );
-    let rounded_up = graph.add_node("Add", &[&seq, &short], vec![]);
-    let chunks = graph.add_node("Div", &[&rounded_up, &chunk], vec![]);
-    let padded = graph.add_node("Mul", &[&chunks, &chunk], vec![]);
-    let pad = graph.add_node("Sub", &[&padded, &seq], vec![]);
-    // [begins..., ends...] with the pad at the end of the time axis, the one before last.
-    let pads = |graph: &mut Graph, rank: usize| {
-        let (before, after) = (
-            graph.const_i64(&vec![0; 2 * rank - 2]),
-            graph.const_i64(&[0]),
-        );
-        graph.add_node(
-            "Concat",
-            &[&before, &pad, &after],
-            vec![make_int("axis", 0)],
-        )
-    };
-    let (pads4, pads3) = (pads(graph, 4), pads(graph, 3));
-    let per_chunk4 = graph.const_i64(&[0, 0, -1, len as i64, n as i64]);
-    let per_chunk3 = graph.const_i64(&[0, -1, len as i64, n as i64]);
-    let chunked = |graph: &mut Graph, value: &str, pads: &str, shape: &str| {
-        let padded = graph.add_node("Pad", &[value, pads], vec![]);
-        graph.add_node("Reshape", &[&padded, shape], vec![])
-    };
-    let log_decay = chunked(graph, log_decay, &pads4, &per_chunk4);
-    let input = chunked(graph, input, &pads4, &per_chunk4);
-    let readout = chunked(graph, readout, &pads3, &per_chunk3);
-
-    let body = forward_body(graph, (b, d, n), len, dtype, keep_states);
-    let attrs = vec![
-        make_graph("body", body),
-        make_int("num_scan_inputs", 3),
-        make_ints("scan_input_axes", &[2, 2, 1]),
-        make_ints("scan_output_axes", if keep_states { &[2, 2] } else { &[2] }),
-    ];
-    let produced = graph.add_node_named(
-        SELECTIVE_SCAN_CHUNKED,
-        "Scan",
-        &[h0, &log_decay, &input, &readout],
-        if keep_states { 3 } else { 2 },
-        attrs,
-    );
-    let flat = graph.const_i64(&[0, 0, -1]);
-    let y_padded = graph.add_node("Reshape", &[&produced[1], &flat], vec![]);
-    let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
-    let y = graph.add_node("Slice", &[&y_padded, &start, &seq, &axis], vec![]);
-    let stacked_dtype = graph.dtype_of(&chain.stacked);
-    if stacked_dtype != dtype {
-        graph.add_node("Cast", &[&y], vec![make_int("to", stacked_dtype as i64)]);
-    }
-    // The last node takes over the stacked output's name, so its readers need no rewiring.
-    let last = graph.nodes().len() - 1;
-    graph.proto.node[last].output[0] = chain.stacked.clone();
-    Ok(())
-}
-
-/// log dA: the exporters compute dA = Exp(A * dt), and the chunked form needs the exponent
-/// (Log(dA) would turn underflowed decays into -inf and the segment sums into NaN).
-fn log_decay_of(graph: &Graph, decay: &str) -> Result<String> {
-    match graph.producer(skip_noops(graph, decay)) {
-        Some((_, node)) if node.op_type() == "Exp" => Ok(node.input[0].clone()),
-        found => Err(Error::Unsupported(format!(
-            "--scan chunked needs the decay '{decay}' computed as Exp(dt * A), but it is {}; use --scan rolled",
-            match found {
-                Some((_, node)) => format!("the output of {} '{}'", node.op_type(), node.name()),
-                None => "a graph input or initializer".into(),
-            }
-        ))),
-    }
-}
 
 /// Cumulative log decay within the chunk `[B, D, L, N]`, over the time axis.
 fn cumulative(body: &mut Body, log_decay: &str) -> String {

@@ -2,11 +2,12 @@
 //! `y_t = <h_t, C_t>` into S copies per layer (Gather, Mul, Add, [Cast], Gather, Unsqueeze,
 //! MatMul, Gather, then Unsqueeze + Concat). This pass finds each chain and replaces it with one
 //! ONNX `Scan`, so the graph (and the relevance pass over it) no longer grows with S.
-mod bodies;
+pub mod bodies;
 mod chain;
 pub mod chunked;
+mod layout;
 
-pub use bodies::{backward_body, forward_body, SELECTIVE_SCAN};
+pub use bodies::SELECTIVE_SCAN;
 pub use chain::Chain;
 
 /// Name hint of the forward Scan nodes of the chunked form.
@@ -16,13 +17,13 @@ use std::collections::HashSet;
 
 use crate::error::Result;
 use crate::ir::{topo, Graph};
-use crate::onnx::attributes::{make_graph, make_int, make_ints};
 
 /// How the recurrence appears in the compiled model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScanForm {
-    /// One ONNX `Scan` per layer, forward and backward: size independent of the length.
+    /// One ONNX `Scan` per layer, forward and backward, stepping through the tokens (a few
+    /// per iteration): size independent of the length.
     #[default]
     Rolled,
     /// One ONNX `Scan` per layer over chunks of steps, each chunk computed in parallel from
@@ -46,20 +47,40 @@ impl std::str::FromStr for ScanForm {
     }
 }
 
-/// Which of our forward selective-scan `Scan`s a node is.
+/// Which of our forward selective-scan `Scan`s a node is. Both iterate over chunks of L steps,
+/// reading h0 `[B,D,N]`, the decay and dBu `[B,D,K,L,N]` and C `[B,K,L,N]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanKind {
-    /// One step per iteration: inputs h0, dA, dBu `[B,D,S,N]`, C `[B,S,N]`.
+    /// The rolled form: a chunk's steps run one after another; the decay input is dA.
     Stepwise,
-    /// One chunk per iteration: inputs h0, log dA, dBu `[B,D,K,L,N]`, C `[B,K,L,N]`.
+    /// The chunked form: a chunk's steps are computed in parallel; the decay input is log dA.
     Chunked,
 }
 
-/// Replaces every unrolled selective-scan chain by a `Scan` node, stepwise or (with
-/// `chunk_len`) chunked. With `keep_states` the Scan also outputs all states (the gradient x
-/// input backward needs them). Returns how many chains were re-rolled; the caller rebuilds the
+impl ScanForm {
+    /// The Scan kind of a compact form (`None` for the unrolled one).
+    pub fn kind(self) -> Option<ScanKind> {
+        match self {
+            ScanForm::Rolled => Some(ScanKind::Stepwise),
+            ScanForm::Chunked => Some(ScanKind::Chunked),
+            ScanForm::Unrolled => None,
+        }
+    }
+
+    /// Steps per Scan iteration when `--chunk-len` is not given.
+    pub fn default_chunk_len(self) -> usize {
+        match self {
+            ScanForm::Chunked => chunked::DEFAULT_CHUNK_LEN as usize,
+            _ => bodies::DEFAULT_STEPS_PER_ITERATION as usize,
+        }
+    }
+}
+
+/// Replaces every unrolled selective-scan chain by a `Scan` node over chunks of `len` steps of
+/// the given kind. With `keep_states` the Scan also outputs all states (the gradient x input
+/// backward needs them). Returns how many chains were re-rolled; the caller rebuilds the
 /// graph's indexes.
-pub fn reroll(graph: &mut Graph, keep_states: bool, chunk_len: Option<usize>) -> Result<usize> {
+pub fn reroll(graph: &mut Graph, kind: ScanKind, len: usize, keep_states: bool) -> Result<usize> {
     let chains = chain::find_all(graph)?;
     if chains.is_empty() {
         return Ok(0);
@@ -68,48 +89,7 @@ pub fn reroll(graph: &mut Graph, keep_states: bool, chunk_len: Option<usize>) ->
     let mut concats = HashSet::new();
     for chain in &chains {
         concats.insert(chain.concat_node.clone());
-        if let Some(len) = chunk_len {
-            chunked::emit(graph, chain, len.max(1), keep_states)?;
-            continue;
-        }
-        let (b, d, _, n) = chain.dims;
-        let dtype = graph.dtype_of(&chain.decay);
-        let body = forward_body(graph, (b, d, n), dtype, keep_states);
-        let attrs = vec![
-            make_graph("body", body),
-            make_int("num_scan_inputs", 3),
-            make_ints("scan_input_axes", &[2, 2, 1]),
-            make_ints("scan_output_axes", if keep_states { &[2, 2] } else { &[2] }),
-        ];
-        let outputs = if keep_states { 3 } else { 2 };
-        // The scan runs in dA's float type; float16 models read C (and write y) in float16
-        // around a float32 state, so their operands are cast in and the stacked y back out.
-        let mut inputs = Vec::new();
-        for value in [&chain.h0, &chain.decay, &chain.input, &chain.readout] {
-            let converted = if graph.dtype_of(value) == dtype {
-                value.clone()
-            } else {
-                graph.add_node("Cast", &[value], vec![make_int("to", dtype as i64)])
-            };
-            inputs.push(converted);
-        }
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let produced = graph.add_node_named(SELECTIVE_SCAN, "Scan", &inputs, outputs, attrs);
-        let stacked_dtype = graph.dtype_of(&chain.stacked);
-        let index = graph.nodes().len() - 1;
-        if stacked_dtype == dtype {
-            // The Scan takes over the stacked output's name, so its readers need no rewiring.
-            graph.proto.node[index].output[1] = chain.stacked.clone();
-        } else {
-            let cast = graph.add_node(
-                "Cast",
-                &[&produced[1]],
-                vec![make_int("to", stacked_dtype as i64)],
-            );
-            let last = graph.nodes().len() - 1;
-            graph.proto.node[last].output[0] = chain.stacked.clone();
-            let _ = cast;
-        }
+        layout::emit(graph, chain, kind, len.max(1), keep_states)?;
     }
     graph.proto.node.retain(|n| !concats.contains(n.name()));
     topo::remove_dead_nodes(graph, |_| true)?;

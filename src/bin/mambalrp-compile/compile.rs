@@ -54,9 +54,10 @@ pub struct CompileArgs {
     /// and chunked graphs do not grow with the sequence length.
     #[arg(long, default_value = "rolled")]
     scan: ScanForm,
-    /// Tokens per chunk of the chunked scan.
-    #[arg(long, default_value_t = mambalrp::reroll::chunked::DEFAULT_CHUNK_LEN, value_parser = clap::value_parser!(u16).range(1..))]
-    chunk_len: u16,
+    /// Tokens per Scan iteration: rolled runs them one after another (default 8), chunked in
+    /// parallel (default 4).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    chunk_len: Option<u16>,
     /// Make the sequence axis symbolic, so one compiled model explains any length (needs the
     /// rolled or chunked scan; verification runs at the traced length).
     #[arg(long)]
@@ -140,6 +141,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
             model_path.display()
         );
     }
+    if args.chunk_len.is_some() && args.scan == ScanForm::Unrolled {
+        bail!("--chunk-len applies to --scan rolled or chunked, not unrolled");
+    }
     let progress = ProgressBar::new_spinner()
         .with_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})")?);
     progress.enable_steady_tick(Duration::from_millis(200));
@@ -157,7 +161,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         emit_embedding: args.emit.contains(&Emit::Embedding),
         emit_layers: args.emit.contains(&Emit::Layers),
         scan: args.scan,
-        chunk_len: args.chunk_len.into(),
+        chunk_len: args.chunk_len.map(usize::from),
         dynamic_sequence: args.dynamic_seq,
         dynamic_batch: args.dynamic_batch,
     };
