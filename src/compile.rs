@@ -106,21 +106,27 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
     let mut graph = Graph::take_from(&mut model)?;
     check_versions(&model, &graph)?;
     let nodes_original = graph.nodes().len();
-    let chunk_len = options
+    let requested_len = options
         .chunk_len
         .unwrap_or_else(|| options.scan.default_chunk_len());
-    let rerolled_scans = match options.scan.kind() {
+    let (rerolled_scans, chunk_len) = match options.scan.kind() {
         Some(kind) => {
             // Gradient x input needs the states to differentiate through dA and C.
             let keep_states = !options.rules.contains(rules::Rule::Ssm);
-            let count = reroll(&mut graph, kind, chunk_len, keep_states)?;
-            if count > 0 {
+            let rerolled = reroll(
+                &mut graph,
+                kind,
+                requested_len,
+                keep_states,
+                options.dynamic_sequence,
+            )?;
+            if rerolled.scans > 0 {
                 graph.into_model(&mut model);
                 graph = Graph::take_from(&mut model)?;
             }
-            count
+            (rerolled.scans, rerolled.chunk_len)
         }
-        None => 0,
+        None => (0, requested_len),
     };
     for name in [
         emit::RELEVANCE,

@@ -237,6 +237,7 @@ fn chunked_scan_compiles_verifies_and_reports_its_chunk_length_and_bad_lengths_a
         "chunked",
         "--chunk-len",
         "3",
+        "--dynamic-seq",
         "--report",
         arg(&report),
     ]);

@@ -6,8 +6,9 @@ mod common;
 use common::*;
 use mambalrp::verify::{conservation, run_ort};
 
-/// The compact forms, with chunks (tokens per Scan iteration) of one token, chunks that
-/// divide S, do not (padding), equal S = 8 or exceed it.
+/// The compact forms, with chunks (tokens per Scan iteration) of one token, ones that divide
+/// S = 8, do not (a fixed length then runs at the largest divisor: 3 -> 2), equal S or exceed
+/// it (32 -> 8). Padding at run time is tested with symbolic lengths (tests/dynamic_axes.rs).
 const COMPACT: [(ScanForm, usize); 7] = [
     (ScanForm::Rolled, 1),
     (ScanForm::Rolled, 3),

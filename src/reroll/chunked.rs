@@ -93,23 +93,9 @@ pub fn forward_body(
     let h4 = body.node("Unsqueeze", "h_prev_bd1n", &[&h, &axis2], vec![]);
     let carried = body.node("Mul", "carried", &[&carried_decay, &h4], vec![]);
     let states = body.node("Add", "states", &[&within, &carried], vec![]);
-    let axis1 = body.axes("axis1", &[1]);
-    let c4 = body.node("Unsqueeze", "readout_b1ln", &[&c, &axis1], vec![]);
-    let weighted = body.node("Mul", "weighted", &[&states, &c4], vec![]);
-    let axis3 = body.axes("axis3", &[3]);
-    let y = body.node(
-        "ReduceSum",
-        "y_chunk",
-        &[&weighted, &axis3],
-        vec![make_int("keepdims", 0)],
-    );
+    let y = body.readout(&states, &c);
     let h_next = step(&mut body, "h_next", &states, len - 1);
-    body.output(&h_next, &[b, d, n]);
-    body.output(&y, &[b, d, len]);
-    if keep_states {
-        let kept = body.node("Identity", "states_out", &[&states], vec![]);
-        body.output(&kept, &[b, d, len, n]);
-    }
+    body.forward_outputs((&h_next, &y, &states), (b, d, len, n), keep_states);
     body.proto
 }
 
@@ -127,11 +113,7 @@ pub fn backward_body(
     let gy = body.input("grad_y_chunk", &[b, d, len]);
     let c = body.input("readout_chunk", &[b, len, n]);
     let la = body.input("log_decay_chunk", &[b, d, len, n]);
-    let axis3 = body.axes("axis3", &[3]);
-    let gy4 = body.node("Unsqueeze", "grad_y_bdl1", &[&gy, &axis3], vec![]);
-    let axis1 = body.axes("axis1", &[1]);
-    let c4 = body.node("Unsqueeze", "readout_b1ln", &[&c, &axis1], vec![]);
-    let from_y = body.node("Mul", "grad_from_y", &[&gy4, &c4], vec![]);
+    let from_y = body.readout_transposed(&gy, &c);
     let lc = cumulative(&mut body, &la);
     let within = segment_sum(&mut body, &lc, &from_y, len, false);
     let end = step(&mut body, "lc_end", &lc, len - 1);

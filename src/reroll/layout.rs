@@ -17,6 +17,7 @@ pub(super) fn emit(
     kind: ScanKind,
     len: usize,
     keep_states: bool,
+    pad_at_runtime: bool,
 ) -> Result<()> {
     let (b, d, _, n) = chain.dims;
     // Stepwise chunks multiply by dA; parallel ones sum its logarithm.
@@ -36,45 +37,37 @@ pub(super) fn emit(
     let [h0, decay, input, readout] = &operands[..] else {
         unreachable!("four operands")
     };
-    // Pad the time axis up to a whole number of chunks, from the runtime length, so the same
-    // graph serves any length. Padded steps come after the real ones and have dBu = C = 0: they
-    // leave every y_t and every relevance unchanged. (Zero fills keep the pads linear; the
-    // Scan's final state, which no exported graph reads, then ends at zero.)
-    let seq = graph.add_node(
-        "Shape",
-        &[input],
-        vec![make_int("start", 2), make_int("end", 3)],
-    );
-    let (short, chunk) = (
-        graph.const_i64(&[len as i64 - 1]),
-        graph.const_i64(&[len as i64]),
-    );
-    let rounded_up = graph.add_node("Add", &[&seq, &short], vec![]);
-    let chunks = graph.add_node("Div", &[&rounded_up, &chunk], vec![]);
-    let padded = graph.add_node("Mul", &[&chunks, &chunk], vec![]);
-    let pad = graph.add_node("Sub", &[&padded, &seq], vec![]);
-    // [begins..., ends...] with the pad at the end of the time axis, the one before last.
-    let pads = |graph: &mut Graph, rank: usize| {
-        let (before, after) = (
-            graph.const_i64(&vec![0; 2 * rank - 2]),
-            graph.const_i64(&[0]),
-        );
-        graph.add_node(
-            "Concat",
-            &[&before, &pad, &after],
-            vec![make_int("axis", 0)],
-        )
-    };
-    let (pads4, pads3) = (pads(graph, 4), pads(graph, 3));
     let per_chunk4 = graph.const_i64(&[0, 0, -1, len as i64, n as i64]);
     let per_chunk3 = graph.const_i64(&[0, -1, len as i64, n as i64]);
-    let chunked = |graph: &mut Graph, value: &str, pads: &str, shape: &str| {
-        let padded = graph.add_node("Pad", &[value, pads], vec![]);
-        graph.add_node("Reshape", &[&padded, shape], vec![])
+    let chunked = |graph: &mut Graph, value: &str, pads: Option<&str>, shape: &str| {
+        let value = match pads {
+            Some(pads) => graph.add_node("Pad", &[value, pads], vec![]),
+            None => value.to_string(),
+        };
+        graph.add_node("Reshape", &[&value, shape], vec![])
     };
-    let decay = chunked(graph, decay, &pads4, &per_chunk4);
-    let input = chunked(graph, input, &pads4, &per_chunk4);
-    let readout = chunked(graph, readout, &pads3, &per_chunk3);
+    // With a symbolic length the time axis is padded at run time up to whole chunks, so the
+    // same graph serves any length. Padded steps come after the real ones and have dBu = C = 0:
+    // they leave every y_t and every relevance unchanged. (Zero fills keep the pads linear; the
+    // Scan's final state, which no exported graph reads, then ends at zero.) A fixed length
+    // gets a chunk length dividing it and no pad: padding copies every operand.
+    let seq = pad_at_runtime.then(|| {
+        graph.add_node(
+            "Shape",
+            &[input],
+            vec![make_int("start", 2), make_int("end", 3)],
+        )
+    });
+    let (pads4, pads3) = match &seq {
+        Some(seq) => {
+            let pad = padding(graph, seq, len);
+            (Some(pads(graph, &pad, 4)), Some(pads(graph, &pad, 3)))
+        }
+        None => (None, None),
+    };
+    let decay = chunked(graph, decay, pads4.as_deref(), &per_chunk4);
+    let input = chunked(graph, input, pads4.as_deref(), &per_chunk4);
+    let readout = chunked(graph, readout, pads3.as_deref(), &per_chunk3);
 
     let (body, hint) = match kind {
         ScanKind::Stepwise => (
@@ -100,9 +93,11 @@ pub(super) fn emit(
         attrs,
     );
     let flat = graph.const_i64(&[0, 0, -1]);
-    let y_padded = graph.add_node("Reshape", &[&produced[1], &flat], vec![]);
-    let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
-    let y = graph.add_node("Slice", &[&y_padded, &start, &seq, &axis], vec![]);
+    let mut y = graph.add_node("Reshape", &[&produced[1], &flat], vec![]);
+    if let Some(seq) = &seq {
+        let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
+        y = graph.add_node("Slice", &[&y, &start, seq, &axis], vec![]);
+    }
     let stacked_dtype = graph.dtype_of(&chain.stacked);
     if stacked_dtype != dtype {
         graph.add_node("Cast", &[&y], vec![make_int("to", stacked_dtype as i64)]);
@@ -111,6 +106,37 @@ pub(super) fn emit(
     let last = graph.nodes().len() - 1;
     graph.proto.node[last].output[0] = chain.stacked.clone();
     Ok(())
+}
+
+/// How many steps pad the runtime length `seq` up to whole chunks of `len`.
+fn padding(graph: &mut Graph, seq: &str, len: usize) -> String {
+    let (short, chunk) = (
+        graph.const_i64(&[len as i64 - 1]),
+        graph.const_i64(&[len as i64]),
+    );
+    let rounded_up = graph.add_node("Add", &[seq, &short], vec![]);
+    let chunks = graph.add_node("Div", &[&rounded_up, &chunk], vec![]);
+    let padded = graph.add_node("Mul", &[&chunks, &chunk], vec![]);
+    graph.add_node("Sub", &[&padded, seq], vec![])
+}
+
+/// Pad amounts `[begins..., ends...]` for a rank-`rank` operand whose time axis is the one
+/// before last: `pad` steps at its end.
+fn pads(graph: &mut Graph, pad: &str, rank: usize) -> String {
+    let (before, after) = (
+        graph.const_i64(&vec![0; 2 * rank - 2]),
+        graph.const_i64(&[0]),
+    );
+    graph.add_node("Concat", &[&before, pad, &after], vec![make_int("axis", 0)])
+}
+
+/// The chunk length a fixed sequence length `seq` runs at: the largest divisor of `seq` not
+/// above `len`, so no padding is needed.
+pub(super) fn dividing_chunk_len(seq: usize, len: usize) -> usize {
+    (1..=len.min(seq).max(1))
+        .rev()
+        .find(|&l| seq.is_multiple_of(l))
+        .unwrap_or(1)
 }
 
 /// log dA: the exporters compute dA = Exp(A * dt), and the chunked form needs the exponent

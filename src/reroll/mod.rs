@@ -76,20 +76,43 @@ impl ScanForm {
     }
 }
 
-/// Replaces every unrolled selective-scan chain by a `Scan` node over chunks of `len` steps of
-/// the given kind. With `keep_states` the Scan also outputs all states (the gradient x input
-/// backward needs them). Returns how many chains were re-rolled; the caller rebuilds the
-/// graph's indexes.
-pub fn reroll(graph: &mut Graph, kind: ScanKind, len: usize, keep_states: bool) -> Result<usize> {
+/// What [`reroll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rerolled {
+    /// Chains replaced by a `Scan`.
+    pub scans: usize,
+    /// Steps per Scan iteration actually used.
+    pub chunk_len: usize,
+}
+
+/// Replaces every unrolled selective-scan chain by a `Scan` node over chunks of up to `len`
+/// steps of the given kind. With `symbolic_length` the time axis is padded at run time to whole
+/// chunks; otherwise the chunk length is the largest divisor of the traced length up to `len`.
+/// With `keep_states` the Scan also outputs all states (the gradient x input backward needs
+/// them). The caller rebuilds the graph's indexes.
+pub fn reroll(
+    graph: &mut Graph,
+    kind: ScanKind,
+    len: usize,
+    keep_states: bool,
+    symbolic_length: bool,
+) -> Result<Rerolled> {
     let chains = chain::find_all(graph)?;
+    let mut chunk_len = len.max(1);
     if chains.is_empty() {
-        return Ok(0);
+        return Ok(Rerolled {
+            scans: 0,
+            chunk_len,
+        });
     }
     let used_before: HashSet<String> = used_values(graph);
     let mut concats = HashSet::new();
     for chain in &chains {
         concats.insert(chain.concat_node.clone());
-        layout::emit(graph, chain, kind, len.max(1), keep_states)?;
+        if !symbolic_length {
+            chunk_len = layout::dividing_chunk_len(chain.dims.2, len.max(1));
+        }
+        layout::emit(graph, chain, kind, chunk_len, keep_states, symbolic_length)?;
     }
     graph.proto.node.retain(|n| !concats.contains(n.name()));
     topo::remove_dead_nodes(graph, |_| true)?;
@@ -99,7 +122,10 @@ pub fn reroll(graph: &mut Graph, kind: ScanKind, len: usize, keep_states: bool) 
         .proto
         .initializer
         .retain(|t| !used_before.contains(t.name()) || used_after.contains(t.name()));
-    Ok(chains.len())
+    Ok(Rerolled {
+        scans: chains.len(),
+        chunk_len,
+    })
 }
 
 /// The kind of a forward `Scan` this pass created (named `mambalrp/selective_scan_N` or
