@@ -2,7 +2,13 @@
 // target and by tests/fuzz_regressions.rs, so the regression replay runs exactly what crashed.
 fn compile_every_variant(model: &mambalrp::onnx::proto::ModelProto) -> Vec<mambalrp::Result<mambalrp::Compiled>> {
     use mambalrp::reroll::ScanForm;
-    let variants = [("mambalrp", ScanForm::Rolled, true), ("gi", ScanForm::Rolled, false), ("mambalrp", ScanForm::Unrolled, false)];
+    let variants = [
+        ("mambalrp", ScanForm::Rolled, true),
+        ("gi", ScanForm::Rolled, false),
+        ("mambalrp", ScanForm::Chunked, true),
+        ("gi", ScanForm::Chunked, false),
+        ("mambalrp", ScanForm::Unrolled, false),
+    ];
     variants
         .into_iter()
         .map(|(rules, scan, dynamic)| {
