@@ -54,8 +54,8 @@ pub struct CompileArgs {
     /// and chunked graphs do not grow with the sequence length.
     #[arg(long, default_value = "rolled")]
     scan: ScanForm,
-    /// Tokens per Scan iteration: rolled runs them one after another (default 8), chunked in
-    /// parallel (default 4).
+    /// Tokens per Scan iteration, at most (a fixed length uses its largest divisor up to this):
+    /// rolled runs them one after another (default 32), chunked in parallel (default 4).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     chunk_len: Option<u16>,
     /// Make the sequence axis symbolic, so one compiled model explains any length (needs the
