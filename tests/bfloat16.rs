@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use mambalrp::onnx::proto::type_proto;
 use mambalrp::onnx::Tensor;
 use mambalrp::verify::{
     conservation, default_conservation_tolerance, load_npz, unchanged_tolerance,
@@ -55,14 +54,7 @@ fn bfloat16_model_is_explained_within_bfloat16_precision() {
     // here; the rolled and chunked forms differ from it only inside the float32 scan, which
     // the float32 and float16 tests run in tract and ONNX Runtime.
     let compiled = compile_form(&model, "mambalrp", true, ScanForm::Unrolled);
-    for output in &compiled.graph.as_ref().unwrap().output[1..] {
-        let Some(type_proto::Value::TensorType(t)) =
-            output.r#type.as_ref().and_then(|t| t.value.as_ref())
-        else {
-            panic!()
-        };
-        assert_eq!(t.elem_type(), 1, "{} is float32", output.name());
-    }
+    assert_relevance_outputs_are_float32(&compiled);
     let path = dir.path().join("compiled.onnx");
     mambalrp::onnx::save_model_atomically(&compiled, &path).unwrap();
     let outputs = run_reference_evaluator(&path, dir.path());

@@ -4,11 +4,14 @@
 //! `sum_{s<=t} exp(Lc_t - Lc_s) dBu_s + exp(Lc_t) h_in`. Every exponent is <= 0, so nothing
 //! overflows; the masked (s > t) entries are set to -inf before the Exp. The reverse Scan
 //! runs the same algebra backwards in time for the relevance.
-use super::bodies::Body;
+use super::body::Body;
 use crate::ir::Graph;
 use crate::onnx::attributes::make_int;
 use crate::onnx::proto::GraphProto;
 use crate::onnx::Tensor;
+
+/// Name hint of the forward Scan nodes of the chunked form (the backward pass recognises them).
+pub const SELECTIVE_SCAN_CHUNKED: &str = "selective_scan_chunked";
 
 /// Steps per chunk when `--scan chunked` is given without `--chunk-len`.
 pub const DEFAULT_CHUNK_LEN: u16 = 4;
@@ -82,10 +85,7 @@ pub fn forward_body(
     keep_states: bool,
 ) -> GraphProto {
     let mut body = Body::new(graph, "selective_scan_chunked_body", dtype);
-    let h = body.input("h_prev", &[b, d, n]);
-    let la = body.input("log_decay_chunk", &[b, d, len, n]);
-    let u = body.input("input_chunk", &[b, d, len, n]);
-    let c = body.input("readout_chunk", &[b, len, n]);
+    let [h, la, u, c] = body.forward_inputs("log_decay_chunk", (b, d, len, n));
     let lc = cumulative(&mut body, &la);
     let within = segment_sum(&mut body, &lc, &u, len, true);
     let carried_decay = body.node("Exp", "decay_from_start", &[&lc], vec![]);
@@ -109,10 +109,7 @@ pub fn backward_body(
     dtype: i32,
 ) -> GraphProto {
     let mut body = Body::new(graph, "selective_scan_chunked_backward_body", dtype);
-    let carry = body.input("carry", &[b, d, n]);
-    let gy = body.input("grad_y_chunk", &[b, d, len]);
-    let c = body.input("readout_chunk", &[b, len, n]);
-    let la = body.input("log_decay_chunk", &[b, d, len, n]);
+    let [carry, gy, c, la] = body.backward_inputs("log_decay_chunk", (b, d, len, n));
     let from_y = body.readout_transposed(&gy, &c);
     let lc = cumulative(&mut body, &la);
     let within = segment_sum(&mut body, &lc, &from_y, len, false);

@@ -1,17 +1,17 @@
 //! Re-rolling the selective scan. Exporters unroll `h_t = dA_t * h_{t-1} + dBu_t`,
 //! `y_t = <h_t, C_t>` into S copies per layer (Gather, Mul, Add, [Cast], Gather, Unsqueeze,
 //! MatMul, Gather, then Unsqueeze + Concat). This pass finds each chain and replaces it with one
-//! ONNX `Scan`, so the graph (and the relevance pass over it) no longer grows with S.
+//! ONNX `Scan` over chunks of steps, so the graph (and the relevance pass over it) no longer
+//! grows with S.
 pub mod bodies;
+mod body;
 mod chain;
 pub mod chunked;
 mod layout;
 
 pub use bodies::SELECTIVE_SCAN;
 pub use chain::Chain;
-
-/// Name hint of the forward Scan nodes of the chunked form.
-pub const SELECTIVE_SCAN_CHUNKED: &str = "selective_scan_chunked";
+pub use chunked::SELECTIVE_SCAN_CHUNKED;
 
 use std::collections::HashSet;
 
@@ -98,7 +98,8 @@ pub fn reroll(
     symbolic_length: bool,
 ) -> Result<Rerolled> {
     let chains = chain::find_all(graph)?;
-    let mut chunk_len = len.max(1);
+    let len = len.max(1);
+    let mut chunk_len = len;
     if chains.is_empty() {
         return Ok(Rerolled {
             scans: 0,
@@ -110,7 +111,7 @@ pub fn reroll(
     for chain in &chains {
         concats.insert(chain.concat_node.clone());
         if !symbolic_length {
-            chunk_len = layout::dividing_chunk_len(chain.dims.2, len.max(1));
+            chunk_len = layout::dividing_chunk_len(chain.dims.2, len);
         }
         layout::emit(graph, chain, kind, chunk_len, keep_states, symbolic_length)?;
     }

@@ -131,3 +131,17 @@ pub fn python() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python"))
 }
+
+/// Every output after the original logits (the relevance outputs) is declared float32,
+/// whatever the model's float type.
+pub fn assert_relevance_outputs_are_float32(compiled: &ModelProto) {
+    use mambalrp::onnx::proto::type_proto;
+    for output in &compiled.graph.as_ref().unwrap().output[1..] {
+        let Some(type_proto::Value::TensorType(t)) =
+            output.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            panic!("{} has no tensor type", output.name())
+        };
+        assert_eq!(t.elem_type(), 1, "{} is float32", output.name());
+    }
+}
