@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::ir::{topo, Graph};
 use crate::onnx::proto::ModelProto;
 use crate::reroll::{reroll, ScanForm};
-use crate::rules::{self, Effect, Matches, RuleSet};
+use crate::rules::{self, Effect, Matches, RuleSet, SiluRule};
 
 pub const MAX_IR_VERSION: i64 = 11;
 pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 13..=24;
@@ -15,6 +15,8 @@ pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 13..=24;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub rules: RuleSet,
+    /// The SiLU identity rule's multiplier: the official stabilized form or the exact sigmoid.
+    pub silu_rule: SiluRule,
     pub target: TargetMode,
     pub emit_embedding: bool,
     pub emit_layers: bool,
@@ -31,6 +33,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             rules: RuleSet::mambalrp(),
+            silu_rule: SiluRule::default(),
             target: TargetMode::Argmax,
             emit_embedding: false,
             emit_layers: false,
@@ -46,6 +49,7 @@ impl Default for Options {
 pub struct CompileReport {
     pub tool_version: String,
     pub rules: String,
+    pub silu_rule: SiluRule,
     pub target: TargetMode,
     pub site_counts: BTreeMap<String, usize>,
     pub sites: Vec<String>,
@@ -59,6 +63,9 @@ pub struct CompileReport {
     pub rerolled_scans: usize,
     pub nodes_original: usize,
     pub nodes_compiled: usize,
+    /// Batch size and sequence length of the export (the traced sizes).
+    pub batch_size: usize,
+    pub sequence_length: usize,
     pub relevance_path_nodes: usize,
     pub opset: i64,
     pub outputs: Vec<String>,
@@ -159,6 +166,12 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
             Effect::StopGradient(edges) => modifiers.stop_edges.extend(edges.iter().copied()),
             Effect::HalfGradient(node) => {
                 modifiers.half_nodes.insert(*node);
+            }
+            Effect::SiluIdentity { product, gate_slot } => {
+                modifiers.stop_edges.insert((*product, *gate_slot));
+                if options.silu_rule == SiluRule::Stabilized {
+                    modifiers.stabilized_silu.insert(*product);
+                }
             }
         }
     }
@@ -261,6 +274,7 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
     let report = CompileReport {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         rules: options.rules.to_string(),
+        silu_rule: options.silu_rule,
         target: options.target,
         site_counts,
         sites,
@@ -279,6 +293,8 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         rerolled_scans,
         nodes_original,
         nodes_compiled: graph.nodes().len(),
+        batch_size: batch,
+        sequence_length: seq,
         relevance_path_nodes: grads.path_nodes,
         opset: graph.opset,
         outputs: outputs.iter().map(|(_, n, _)| n.to_string()).collect(),
@@ -290,22 +306,18 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         &mut compiled,
         &[
             ("mambalrp.version", report.tool_version.clone()),
-            ("mambalrp.scan", {
-                let form = serde_json::to_string(&report.scan).unwrap_or_default();
+            (
+                "mambalrp.scan",
                 match report.chunk_len {
-                    Some(len) => format!("{}, {len} tokens per iteration", form.trim_matches('"')),
-                    None => form.trim_matches('"').to_string(),
-                }
-            }),
+                    Some(len) => format!("{}, {len} tokens per iteration", report.scan),
+                    None => report.scan.to_string(),
+                },
+            ),
             ("mambalrp.rules", report.rules.clone()),
+            ("mambalrp.silu_rule", silu_rule_metadata(&report)),
             (
                 "mambalrp.target",
-                format!(
-                    "{}, last position",
-                    serde_json::to_string(&report.target)
-                        .unwrap_or_default()
-                        .trim_matches('"')
-                ),
+                format!("{}, last position", report.target),
             ),
             (
                 crate::verify::FLOAT_TYPE_KEY,
@@ -343,6 +355,15 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
         model: compiled,
         report,
     })
+}
+
+/// The SiLU rule in force, or why none is (no SiLU rule in the rule set).
+fn silu_rule_metadata(report: &CompileReport) -> String {
+    if report.site_counts.contains_key(rules::Rule::Silu.name()) {
+        report.silu_rule.to_string()
+    } else {
+        "none (the silu rule is off)".to_string()
+    }
 }
 
 fn remove_unused_constants(graph: &mut Graph) {

@@ -86,6 +86,7 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
                     dynamic_sequence,
                     dynamic_batch: dynamic_sequence,
                     chunk_len: Some(3),
+                    ..Default::default()
                 };
                 let compiled = compile(&model, &options).unwrap().model;
                 let path = dir.path().join(format!("{fixture}{exporter}_{label}.onnx"));

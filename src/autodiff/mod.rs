@@ -19,6 +19,9 @@ pub struct Modifiers {
     pub stop_edges: HashSet<(usize, usize)>,
     /// Product nodes whose incoming gradient is halved.
     pub half_nodes: HashSet<usize>,
+    /// SiLU products `x * sigmoid(x)` whose multiplier on x is the official stabilized
+    /// `silu(x) / st(x)` rather than the sigmoid (which their stopped edge already freezes).
+    pub stabilized_silu: HashSet<usize>,
     /// Reject any non-linear op or unruled product on the relevance path.
     pub prove_linear: bool,
 }
@@ -96,6 +99,7 @@ pub fn differentiate(
             carries: &carries,
             out_grads: &out_grads,
             half: modifiers.half_nodes.contains(&index),
+            stabilized_silu: modifiers.stabilized_silu.contains(&index),
             batch,
         };
         let (contributions, bias) = vjp::backward(graph, &step)?;

@@ -16,6 +16,8 @@ pub(super) struct Step<'a> {
     pub out_grads: &'a [Option<String>],
     /// The gate half rule applies to this product.
     pub half: bool,
+    /// This is a SiLU product under the stabilized identity rule.
+    pub stabilized_silu: bool,
     pub batch: usize,
 }
 
@@ -84,6 +86,14 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                 }
             }
             bias = (!terms.is_empty()).then(|| graph.op_sum(&terms));
+        }
+        "Mul" if step.stabilized_silu => {
+            if let Some(x_slot) = (0..2).find(|&slot| step.carries[slot]) {
+                let (contribution, absorbed) =
+                    stabilized_silu_backward(graph, node, x_slot, &g, &out_shape, step.batch)?;
+                out.push(full(x_slot, contribution));
+                bias = Some(absorbed);
+            }
         }
         "Mul" => {
             let g = if step.half {
@@ -470,6 +480,34 @@ fn alpha_attr(alpha: f32) -> crate::onnx::proto::AttributeProto {
 
 /// `sum(term * g)` per sample: the relevance a constant additive term absorbs. Axis 0 must be
 /// the batch.
+/// The official SiLU identity rule: the SiLU output `s = x * sigmoid(x)` is seen as
+/// `x * c + b` with the frozen multiplier `c = s / st(x)`, `st(x) = x + (1[x = 0] + sign x)·1e-6`
+/// (`= x ± 1e-6`, + for x >= 0), and the frozen remainder `b = s - x * c`, whose relevance
+/// `sum(g * b)` is absorbed like a bias's: conservation stays exact.
+fn stabilized_silu_backward(
+    graph: &mut Graph,
+    node: &NodeProto,
+    x_slot: usize,
+    g: &str,
+    out_shape: &[usize],
+    batch: usize,
+) -> Result<(String, String)> {
+    let (x, silu) = (node.input[x_slot].clone(), node.output[0].clone());
+    let zero = graph.scalar_like(0.0, &x);
+    let negative = graph.op_binary("Less", &x, &zero);
+    let (minus, plus) = (graph.scalar_like(-1e-6, &x), graph.scalar_like(1e-6, &x));
+    let offset = graph.add_node("Where", &[&negative, &minus, &plus], vec![]);
+    let stabilized = graph.op_binary("Add", &x, &offset);
+    let multiplier = graph.op_binary("Div", &silu, &stabilized);
+    let linear_part = graph.op_binary("Mul", &x, &multiplier);
+    let remainder = graph.op_binary("Sub", &silu, &linear_part);
+    let gx = graph.op_binary("Mul", g, &multiplier);
+    let x_shape = graph.shape(&x)?.to_vec();
+    let contribution = graph.op_unbroadcast(&gx, out_shape, &x_shape)?;
+    let absorbed = per_sample_dot(graph, g, &remainder, out_shape, batch, node)?;
+    Ok((contribution, absorbed))
+}
+
 fn per_sample_dot(
     graph: &mut Graph,
     g: &str,

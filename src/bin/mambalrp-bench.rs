@@ -30,7 +30,12 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Scan forms to compile.
-    #[arg(long, value_delimiter = ',', default_value = "rolled,chunked,unrolled")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "rolled,chunked,unrolled"
+    )]
     scan: Vec<ScanForm>,
     /// Tokens per Scan iteration of the chunked form (several values: one row each; default:
     /// the compiler's).

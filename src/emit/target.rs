@@ -5,7 +5,7 @@ use crate::onnx::attributes::make_int;
 
 pub const TARGET_INPUT: &str = "lrp_target";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetMode {
     /// The argmax class of the explained logits.
@@ -13,6 +13,15 @@ pub enum TargetMode {
     Argmax,
     /// A new int64 input `lrp_target` [batch] chooses the class.
     Input,
+}
+
+impl std::fmt::Display for TargetMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TargetMode::Argmax => "argmax",
+            TargetMode::Input => "input",
+        })
+    }
 }
 
 pub struct Explained {

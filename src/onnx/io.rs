@@ -196,3 +196,73 @@ pub fn save_model(model: ModelProto, path: &Path, external_data: bool) -> Result
         save_model_atomically(&model, path)
     }
 }
+
+/// A compiled model written to a hidden staging folder next to its destination, so it can be
+/// verified from its file (the runtime reads it, with its external data, without a second copy
+/// in our memory) before it appears. [`StagedModel::commit`] moves it into place (external
+/// data first, so the model never references a missing file); dropping it uncommitted
+/// removes everything.
+pub struct StagedModel {
+    folder: std::path::PathBuf,
+    destination: std::path::PathBuf,
+    file_name: String,
+    committed: bool,
+}
+
+impl StagedModel {
+    pub fn write(model: ModelProto, destination: &Path, external_data: bool) -> Result<Self> {
+        let file_name = destination
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::Write {
+                path: destination.into(),
+                source: std::io::Error::other("the output path names no file"),
+            })?;
+        let folder =
+            destination.with_file_name(format!(".{file_name}.{}.staging", std::process::id()));
+        std::fs::create_dir(&folder).map_err(|source| Error::Write {
+            path: destination.into(),
+            source,
+        })?;
+        let staged = StagedModel {
+            folder,
+            destination: destination.to_path_buf(),
+            file_name,
+            committed: false,
+        };
+        save_model(model, &staged.path(), external_data)?;
+        Ok(staged)
+    }
+
+    /// The staged model file.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.folder.join(&self.file_name)
+    }
+
+    /// Moves the model (and its external data, if any) to the destination.
+    pub fn commit(mut self) -> Result<()> {
+        let data_name = format!("{}.data", self.file_name);
+        let staged_data = self.folder.join(&data_name);
+        let moved = (|| {
+            if staged_data.exists() {
+                std::fs::rename(&staged_data, self.destination.with_file_name(&data_name))?;
+            }
+            std::fs::rename(self.path(), &self.destination)
+        })();
+        moved.map_err(|source| Error::Write {
+            path: self.destination.clone(),
+            source,
+        })?;
+        self.committed = true;
+        let _ = std::fs::remove_dir_all(&self.folder);
+        Ok(())
+    }
+}
+
+impl Drop for StagedModel {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.folder);
+        }
+    }
+}

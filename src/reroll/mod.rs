@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::ir::{topo, Graph};
 
 /// How the recurrence appears in the compiled model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ScanForm {
     /// One ONNX `Scan` per layer, forward and backward, stepping through the tokens (a few
@@ -33,17 +33,19 @@ pub enum ScanForm {
     Unrolled,
 }
 
-impl std::str::FromStr for ScanForm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "rolled" => Ok(ScanForm::Rolled),
-            "unrolled" => Ok(ScanForm::Unrolled),
-            "chunked" => Ok(ScanForm::Chunked),
-            other => Err(format!(
-                "unknown scan form '{other}': expected rolled, chunked or unrolled"
-            )),
+impl ScanForm {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanForm::Rolled => "rolled",
+            ScanForm::Chunked => "chunked",
+            ScanForm::Unrolled => "unrolled",
         }
+    }
+}
+
+impl std::fmt::Display for ScanForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

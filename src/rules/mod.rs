@@ -106,6 +106,36 @@ pub enum Effect {
     StopGradient(Vec<(usize, usize)>),
     /// The gradient into this product node is halved.
     HalfGradient(usize),
+    /// A SiLU product `x * sigmoid(x)`: no gradient through the sigmoid operand (`gate_slot`);
+    /// under the stabilized form the multiplier on `x` is `silu(x) / st(x)` instead.
+    SiluIdentity { product: usize, gate_slot: usize },
+}
+
+/// How the SiLU identity rule forms its frozen multiplier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SiluRule {
+    /// The official MambaLRP form: `st(x) * sg(silu(x) / st(x))` with
+    /// `st(z) = z + (1[z = 0] + sign z) * 1e-6`; what the stabilizer absorbs is bias relevance.
+    #[default]
+    Stabilized,
+    /// `x * sg(sigmoid(x))`: differs from the stabilized form only where |x| is below ~1e-5.
+    Exact,
+}
+
+impl SiluRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            SiluRule::Stabilized => "stabilized",
+            SiluRule::Exact => "exact",
+        }
+    }
+}
+
+impl fmt::Display for SiluRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -26,7 +26,10 @@ pub fn find(graph: &Graph, matches: &mut Matches) -> HashMap<String, String> {
                         "x * sg(sigmoid(x)) with x = '{x}', sigmoid from '{}'",
                         sigmoid.name()
                     ),
-                    effect: Effect::StopGradient(vec![(index, gate_slot)]),
+                    effect: Effect::SiluIdentity {
+                        product: index,
+                        gate_slot,
+                    },
                 });
                 products.insert(node.output[0].clone(), x.to_string());
                 break;

@@ -2,15 +2,23 @@
 //! relevance conserved (sum(relevance) + relevance_bias = explained logit).
 mod check;
 mod conservation;
+mod contract;
 mod inputs;
 mod ort_runner;
+mod tolerance;
 mod tract_runner;
 
 pub use check::{check, CheckReport, CheckRow};
 pub use conservation::{conservation, SampleCheck};
+pub use contract::{verify, FailedCheck, OutputCheck, VerifyReport, VerifySettings};
 pub use inputs::{generated_inputs, load_npz, validate_inputs};
 pub use ort_runner::{ort_library_path, run_ort, OrtModel};
+pub use tolerance::{
+    default_conservation_tolerance, default_output_tolerance, epsilon, output_bound,
+};
 pub use tract_runner::run_tract;
+
+use std::path::Path;
 
 use ndarray::ArrayD;
 
@@ -19,11 +27,10 @@ use crate::onnx::proto::ModelProto;
 use crate::onnx::Tensor;
 
 /// Which runtime executes a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// tract, embedded: needs nothing installed.
-    #[default]
     Tract,
     /// ONNX Runtime CPU through `ort`, all graph optimizations on.
     Ort,
@@ -49,6 +56,51 @@ impl std::str::FromStr for Runtime {
     }
 }
 
+/// The runtime asked for on the command line: `auto` prefers ONNX Runtime when its library
+/// can be found and loaded (it builds a 130M model's session in seconds, where tract takes
+/// minutes) and falls back to the embedded tract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeChoice {
+    #[default]
+    Auto,
+    Only(Runtime),
+}
+
+impl std::str::FromStr for RuntimeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(RuntimeChoice::Auto),
+            other => other
+                .parse()
+                .map(RuntimeChoice::Only)
+                .map_err(|_| format!("unknown runtime '{other}': expected auto, ort or tract")),
+        }
+    }
+}
+
+/// The runtime to use, and why it was chosen (printed and reported).
+pub fn resolve_runtime(choice: RuntimeChoice) -> (Runtime, String) {
+    match choice {
+        RuntimeChoice::Only(Runtime::Ort) => (Runtime::Ort, "asked for".into()),
+        RuntimeChoice::Only(Runtime::Tract) => (Runtime::Tract, "asked for".into()),
+        RuntimeChoice::Auto => match ort_runner::load() {
+            Ok(path) => (Runtime::Ort, format!("found {}", path.display())),
+            Err(e) => (
+                Runtime::Tract,
+                format!("ONNX Runtime unavailable: {}", runtime_message(&e)),
+            ),
+        },
+    }
+}
+
+fn runtime_message(error: &crate::error::Error) -> String {
+    match error {
+        crate::error::Error::Runtime { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Refuses models no runtime here can execute: bfloat16 exports (tract has no bfloat16, and
 /// ONNX Runtime's CPU provider no bfloat16 Conv).
 pub fn ensure_runnable(model: &ModelProto) -> Result<()> {
@@ -64,16 +116,44 @@ pub fn ensure_runnable(model: &ModelProto) -> Result<()> {
     }
 }
 
+/// A model to run: decoded in memory, or a file (read by the runtime itself, with any
+/// external data next to it, so a large model is not held twice).
+#[derive(Clone, Copy)]
+pub enum ModelSource<'a> {
+    Proto(&'a ModelProto),
+    File(&'a Path),
+}
+
 /// Runs `model` once in `runtime` and returns its float32 outputs by name, in graph order.
 pub fn run_model(
     runtime: Runtime,
     model: &ModelProto,
     inputs: &[(String, Tensor)],
 ) -> Result<Vec<(String, ArrayD<f32>)>> {
-    ensure_runnable(model)?;
-    match runtime {
-        Runtime::Tract => run_tract(model, inputs),
-        Runtime::Ort => run_ort(model, inputs),
+    run_source(runtime, ModelSource::Proto(model), inputs)
+}
+
+/// Runs a model, given in memory or as a file, once in `runtime`.
+pub fn run_source(
+    runtime: Runtime,
+    model: ModelSource,
+    inputs: &[(String, Tensor)],
+) -> Result<Vec<(String, ArrayD<f32>)>> {
+    match (runtime, model) {
+        (Runtime::Ort, ModelSource::Proto(proto)) => {
+            ensure_runnable(proto)?;
+            run_ort(proto, inputs)
+        }
+        (Runtime::Ort, ModelSource::File(path)) => OrtModel::from_file(path)?.run(inputs),
+        (Runtime::Tract, ModelSource::Proto(proto)) => {
+            ensure_runnable(proto)?;
+            run_tract(proto, inputs)
+        }
+        (Runtime::Tract, ModelSource::File(path)) => {
+            let proto = crate::onnx::load_model(path)?;
+            ensure_runnable(&proto)?;
+            run_tract(&proto, inputs)
+        }
     }
 }
 
@@ -96,87 +176,4 @@ pub fn float_type_from_name(name: &str) -> i32 {
         "float64" => 11,
         _ => 1,
     }
-}
-
-/// Default largest relative conservation residual: what the model's float type can resolve.
-pub fn default_conservation_tolerance(dtype: i32) -> f32 {
-    match dtype {
-        10 => 1e-3,
-        16 => 1e-2,
-        _ => 1e-4,
-    }
-}
-
-/// Largest change of an original output still called "unchanged": 1e-5 in float32; in half
-/// precision a few units of rounding of the output's magnitude (runtimes may round differently
-/// in the two graphs).
-pub fn unchanged_tolerance(dtype: i32, magnitude: f32) -> f32 {
-    let epsilon = match dtype {
-        10 => 9.77e-4,
-        16 => 7.81e-3,
-        _ => return 1e-5,
-    };
-    4.0 * epsilon * magnitude.max(1.0)
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct VerifyReport {
-    pub runtime: Runtime,
-    /// Largest |compiled - original| over each original output.
-    pub original_outputs_max_abs_diff: Vec<(String, f32)>,
-    /// Whether every difference is within [`unchanged_tolerance`] of the model's float type.
-    pub original_outputs_unchanged: bool,
-    pub samples: Vec<SampleCheck>,
-    pub max_relative_residual: f32,
-}
-
-/// Runs both models on `inputs` (the compiled model's extra `lrp_target` input, if any, is only
-/// fed to the compiled model).
-pub fn verify(
-    runtime: Runtime,
-    original: &ModelProto,
-    compiled: &ModelProto,
-    inputs: &[(String, Tensor)],
-    float_type: i32,
-) -> Result<VerifyReport> {
-    let original_names: Vec<String> = original
-        .graph
-        .as_ref()
-        .map(|g| g.input.iter().map(|i| i.name().to_string()).collect())
-        .unwrap_or_default();
-    let original_inputs: Vec<(String, Tensor)> = inputs
-        .iter()
-        .filter(|(n, _)| original_names.contains(n))
-        .cloned()
-        .collect();
-    let reference = run_model(runtime, original, &original_inputs)?;
-    let outputs = run_model(runtime, compiled, inputs)?;
-    let mut diffs = Vec::new();
-    let mut unchanged = true;
-    for (name, expected) in &reference {
-        let got = outputs.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-        let diff = match got {
-            Some(got) if got.shape() == expected.shape() => got
-                .iter()
-                .zip(expected.iter())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max),
-            _ => f32::INFINITY,
-        };
-        let magnitude = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        unchanged &= diff <= unchanged_tolerance(float_type, magnitude);
-        diffs.push((name.clone(), diff));
-    }
-    let samples = conservation(&outputs)?;
-    let max_relative_residual = samples
-        .iter()
-        .map(|s| s.relative_residual)
-        .fold(0.0f32, f32::max);
-    Ok(VerifyReport {
-        runtime,
-        original_outputs_max_abs_diff: diffs,
-        original_outputs_unchanged: unchanged,
-        samples,
-        max_relative_residual,
-    })
 }

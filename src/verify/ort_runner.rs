@@ -26,8 +26,9 @@ fn runtime_error(e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Where the ONNX Runtime shared library is: `ORT_DYLIB_PATH`, or the `onnxruntime` wheel of the
-/// `python3` on the PATH (`site-packages/onnxruntime/capi/libonnxruntime.so.*`).
+/// Where the ONNX Runtime shared library is: `ORT_DYLIB_PATH`; else the `onnxruntime` wheel of
+/// the active virtual environment (`VIRTUAL_ENV`); else the wheel of the `python3` on the PATH
+/// (`site-packages/onnxruntime/capi/libonnxruntime.so.*`). The error lists every place tried.
 pub fn ort_library_path() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
         let path = PathBuf::from(path);
@@ -40,32 +41,86 @@ pub fn ort_library_path() -> Result<PathBuf> {
             )))
         };
     }
-    let probe = std::process::Command::new("python3")
+    let mut looked = vec!["ORT_DYLIB_PATH (unset)".to_string()];
+    match std::env::var_os("VIRTUAL_ENV") {
+        Some(venv) => {
+            let venv = PathBuf::from(venv);
+            if let Some(library) = library_in_virtual_env(&venv) {
+                return Ok(library);
+            }
+            looked.push(format!(
+                "the active virtual environment {} (no onnxruntime wheel in lib/python3*/site-packages)",
+                venv.display()
+            ));
+        }
+        None => looked.push("an active virtual environment (VIRTUAL_ENV unset)".into()),
+    }
+    match python_wheel_folder() {
+        Some(folder) => match library_in(&folder) {
+            Some(library) => return Ok(library),
+            None => looked.push(format!("{} (no libonnxruntime.so*)", folder.display())),
+        },
+        None => looked.push("python3 on the PATH (cannot import onnxruntime)".into()),
+    }
+    Err(runtime_error(format!(
+        "ONNX Runtime not found; looked in: {}; {INSTALL_HINT}",
+        looked.join(", ")
+    )))
+}
+
+fn library_in_virtual_env(venv: &std::path::Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    let mut pythons: Vec<PathBuf> = std::fs::read_dir(&lib)
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
+        })
+        .collect();
+    pythons.sort();
+    pythons
+        .iter()
+        .rev()
+        .find_map(|p| library_in(&p.join("site-packages/onnxruntime/capi")))
+}
+
+/// The `capi` folder of the onnxruntime wheel that `python3` on the PATH imports.
+fn python_wheel_folder() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
         .args(["-c", "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))"])
-        .output();
-    let folder = match probe {
-        Ok(out) if out.status.success() => PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
-        _ => return Err(runtime_error(format!("ONNX Runtime not found: ORT_DYLIB_PATH is unset and python3 cannot import onnxruntime; {INSTALL_HINT}"))),
-    };
-    let library = std::fs::read_dir(&folder)
-        .map_err(|e| runtime_error(format!("{}: {e}", folder.display())))?
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// The newest `libonnxruntime.so*` in `folder` (the wheel ships only versioned names).
+fn library_in(folder: &std::path::Path) -> Option<PathBuf> {
+    std::fs::read_dir(folder)
+        .ok()?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
         })
-        .max();
-    library.ok_or_else(|| {
-        runtime_error(format!(
-            "no libonnxruntime.so* in {}; {INSTALL_HINT}",
-            folder.display()
-        ))
-    })
+        .max()
 }
 
 /// The process-wide ONNX Runtime environment (ONNX Runtime allows one per process).
 fn environment() -> Result<&'static Environment> {
-    static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+    loaded().map(|(environment, _)| environment)
+}
+
+/// Loads ONNX Runtime (once per process) and returns the library's path.
+pub(super) fn load() -> Result<PathBuf> {
+    loaded().map(|(_, path)| path.clone())
+}
+
+fn loaded() -> Result<&'static (Environment, PathBuf)> {
+    static ENVIRONMENT: OnceLock<std::result::Result<(Environment, PathBuf), String>> =
+        OnceLock::new();
     ENVIRONMENT
         .get_or_init(|| {
             let path = ort_library_path().map_err(|e| match e {
@@ -74,10 +129,11 @@ fn environment() -> Result<&'static Environment> {
             })?;
             let builder = ort::init_from(&path)
                 .map_err(|e| format!("cannot load {}: {e}; {INSTALL_HINT}", path.display()))?;
-            builder
+            let environment = builder
                 .with_name("mambalrp")
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok((environment, path))
         })
         .as_ref()
         .map_err(|message| Error::Runtime {

@@ -6,9 +6,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{bail, Context};
 use mambalrp::emit::TargetMode;
+use mambalrp::onnx::StagedModel;
 use mambalrp::reroll::ScanForm;
-use mambalrp::rules::RuleSet;
-use mambalrp::verify::{self, Runtime, VerifyReport};
+use mambalrp::rules::{RuleSet, SiluRule};
+use mambalrp::verify::{self, FailedCheck, ModelSource, RuntimeChoice, VerifyReport};
 use mambalrp::{compile_owned, onnx, CompileReport, Options};
 
 use crate::Outcome;
@@ -24,18 +25,23 @@ pub struct CompileArgs {
     /// Rule set: `mambalrp` (all four), `gi` (plain gradient x input), or a list of silu,norm,ssm,gate.
     #[arg(long, default_value = "mambalrp")]
     rules: RuleSet,
+    /// SiLU identity rule: stabilized (the official MambaLRP code's silu(x)/(x +- 1e-6)
+    /// multiplier) or exact (sigmoid(x)); they differ only where |x| < ~1e-5.
+    #[arg(long, value_enum, default_value_t = SiluRule::Stabilized)]
+    silu_rule: SiluRule,
     /// Optional outputs: embedding (relevance_embedding), layers (relevance_layers).
     #[arg(long, value_delimiter = ',')]
     emit: Vec<Emit>,
     /// Which class is explained: the argmax, or a new int64 input `lrp_target` [batch].
-    #[arg(long, value_enum, default_value = "argmax")]
-    target: Target,
+    #[arg(long, value_enum, default_value_t = TargetMode::Argmax)]
+    target: TargetMode,
     /// Skip running the original and compiled models after compiling.
     #[arg(long)]
     no_verify: bool,
-    /// Runtime for the verification: tract (embedded) or ort (ONNX Runtime).
-    #[arg(long, default_value = "tract")]
-    verify_runtime: Runtime,
+    /// Runtime for the verification: auto (ONNX Runtime when its library is found, else
+    /// tract), ort (ONNX Runtime) or tract (embedded, much slower on large models).
+    #[arg(long, default_value = "auto")]
+    verify_runtime: RuntimeChoice,
     /// Inputs for verification (.npz keyed by input name); default: deterministic generated tokens.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -43,6 +49,11 @@ pub struct CompileArgs {
     /// for float32 models, 1e-3 for float16, 1e-2 for bfloat16).
     #[arg(long)]
     tolerance: Option<f32>,
+    /// Largest |compiled - original| accepted on an original output, relative to the output's
+    /// largest magnitude (at least 1). Default: 2 x epsilon x sqrt(sequence length x
+    /// (blocks + 1)), e.g. 6.7e-6 for a float32 24-block model at 32 tokens.
+    #[arg(long)]
+    output_tolerance: Option<f32>,
     /// Write the compile and verification summary as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -52,7 +63,7 @@ pub struct CompileArgs {
     /// Form of the selective-scan recurrence: rolled (one Scan step per token), chunked (one
     /// Scan step per chunk of tokens, computed in parallel) or unrolled (as exported). Rolled
     /// and chunked graphs do not grow with the sequence length.
-    #[arg(long, default_value = "rolled")]
+    #[arg(long, value_enum, default_value_t = ScanForm::Rolled)]
     scan: ScanForm,
     /// Tokens per Scan iteration, at most (a fixed length uses its largest divisor up to this):
     /// rolled runs them one after another (default 32), chunked in parallel (default 4).
@@ -77,12 +88,6 @@ enum Emit {
     Layers,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Target {
-    Argmax,
-    Input,
-}
-
 /// Wall time of each phase, and the process's peak resident memory.
 #[derive(serde::Serialize, Default)]
 struct Costs {
@@ -100,7 +105,11 @@ struct Report<'a> {
     output: &'a Path,
     compile: &'a CompileReport,
     verification: Option<&'a VerifyReport>,
+    /// Why verification ran in the runtime it ran in.
+    runtime_reason: Option<&'a str>,
     conserved: Option<bool>,
+    /// The checks that failed (empty when the model was written).
+    failed: &'a [FailedCheck],
     costs: &'a Costs,
 }
 
@@ -154,10 +163,8 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     costs.load_seconds = seconds;
     let options = Options {
         rules: args.rules.clone(),
-        target: match args.target {
-            Target::Argmax => TargetMode::Argmax,
-            Target::Input => TargetMode::Input,
-        },
+        silu_rule: args.silu_rule,
+        target: args.target,
         emit_embedding: args.emit.contains(&Emit::Embedding),
         emit_layers: args.emit.contains(&Emit::Layers),
         scan: args.scan,
@@ -169,52 +176,72 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         verify::ensure_runnable(&model)
             .with_context(|| format!("cannot verify {}", model_path.display()))?;
     }
-    // Verification runs the original too; without it the weights are held once.
-    let original = (!args.no_verify).then(|| model.clone());
+    let original_inputs: Vec<String> = model
+        .graph
+        .as_ref()
+        .map(|g| g.input.iter().map(|i| i.name().to_string()).collect())
+        .unwrap_or_default();
     let (compiled, seconds) = phase(&progress, "compiling", || compile_owned(model, &options));
     let compiled = compiled.with_context(|| format!("cannot compile {}", model_path.display()))?;
     return_freed_memory();
     costs.compile_seconds = seconds;
     let report = compiled.report.clone();
+    let inputs = if args.no_verify {
+        None
+    } else {
+        Some(crate::model_inputs(&compiled.model, args.input.as_deref())?)
+    };
 
+    // Written to a staging folder first: verification runs the file (no second copy of the
+    // weights in memory), and it appears at OUTPUT only once it has passed.
+    let (staged, seconds) = phase(&progress, "writing", || {
+        StagedModel::write(compiled.model, output_path, args.external_data)
+    });
+    let staged = staged?;
+    return_freed_memory();
+    costs.write_seconds = seconds;
+
+    let runtime = inputs
+        .as_ref()
+        .map(|_| verify::resolve_runtime(args.verify_runtime));
     let (verification, seconds) = phase(
         &progress,
         "verifying",
         || -> anyhow::Result<Option<VerifyReport>> {
-            let Some(original) = original else {
+            let (Some(inputs), Some((runtime, _))) = (&inputs, &runtime) else {
                 return Ok(None);
             };
-            let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
-            let report = verify::verify(
-                args.verify_runtime,
-                &original,
-                &compiled.model,
-                &inputs,
-                report.float_type,
+            let settings = verify::VerifySettings {
+                runtime: *runtime,
+                float_type: report.float_type,
+                output_tolerance: args.output_tolerance,
+                conservation_tolerance: args.tolerance,
+                expect_conservation: options.rules.is_complete(),
+                depth: report.sequence_length * (report.blocks + 1),
+            };
+            let staged_path = staged.path();
+            let verified = verify::verify(
+                ModelSource::File(model_path),
+                &original_inputs,
+                ModelSource::File(&staged_path),
+                inputs,
+                &settings,
+                &|step| progress.set_message(step.to_string()),
             )
             .context("verification could not run")?;
-            Ok(Some(report))
+            Ok(Some(verified))
         },
     );
     let verification = verification?;
     costs.verify_seconds = seconds;
-    let tolerance = args
-        .tolerance
-        .unwrap_or_else(|| verify::default_conservation_tolerance(report.float_type));
-    let conserved = verification
+    let failed: Vec<FailedCheck> = verification
         .as_ref()
-        .filter(|_| options.rules.is_complete())
-        .map(|v| v.max_relative_residual <= tolerance);
-    let unchanged = verification
-        .as_ref()
-        .is_none_or(|v| v.original_outputs_unchanged);
-    let passed = unchanged && conserved != Some(false);
+        .map_or_else(Vec::new, |v| v.failed.clone());
+    let passed = failed.is_empty();
     if passed {
-        let (written, seconds) = phase(&progress, "writing", || {
-            onnx::io::save_model(compiled.model, output_path, args.external_data)
-        });
-        written?;
-        costs.write_seconds = seconds;
+        staged.commit()?;
+    } else {
+        drop(staged);
     }
     progress.finish_and_clear();
     costs.peak_rss_mb = peak_rss_mb();
@@ -232,10 +259,11 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
             .for_each(|s| println!("  - {s}"));
     }
     println!(
-        "compiled {} -> {} (rules {}, scan {:?} x{}, {} nodes -> {}, relevance path {} nodes, sites: {})",
+        "compiled {} -> {} (rules {}, silu rule {}, scan {} x{}, {} nodes -> {}, relevance path {} nodes, sites: {})",
         model_path.display(),
         output_path.display(),
         report.rules,
+        report.silu_rule,
         report.scan,
         report.rerolled_scans,
         report.nodes_original,
@@ -244,20 +272,23 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         serde_json::to_string(&report.site_counts)?
     );
     println!(
-        "  load {:.2}s, compile {:.2}s, verify {:.2}s, write {:.2}s, peak memory {}",
+        "  load {:.2}s, compile {:.2}s, write {:.2}s, verify {:.2}s, peak memory {}",
         costs.load_seconds,
         costs.compile_seconds,
-        costs.verify_seconds,
         costs.write_seconds,
+        costs.verify_seconds,
         costs
             .peak_rss_mb
             .map_or("unknown".into(), |m| format!("{m:.0} MB"))
     );
-    if let Some(v) = &verification {
-        print_verification(v, conserved, tolerance, &report.rules);
+    if let (Some(v), Some((_, reason))) = (&verification, &runtime) {
+        print_verification(v, reason, &report.rules);
     }
     if !passed {
-        println!("  nothing written: verification failed");
+        println!("  nothing written: {} check(s) failed:", failed.len());
+        for check in &failed {
+            println!("  - {check}");
+        }
     }
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&Report {
@@ -265,7 +296,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
             output: output_path,
             compile: &report,
             verification: verification.as_ref(),
-            conserved,
+            runtime_reason: runtime.as_ref().map(|(_, reason)| reason.as_str()),
+            conserved: verification.as_ref().and_then(|v| v.conserved),
+            failed: &failed,
             costs: &costs,
         })?;
         onnx::io::write_atomically(path, &json)?;
@@ -277,10 +310,18 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-fn print_verification(v: &VerifyReport, conserved: Option<bool>, tolerance: f32, rules: &str) {
-    println!("  verified in {}:", v.runtime);
-    for (name, diff) in &v.original_outputs_max_abs_diff {
-        println!("  original output '{name}': max |compiled - original| = {diff:.2e}");
+fn print_verification(v: &VerifyReport, runtime_reason: &str, rules: &str) {
+    println!("  verified in {} ({runtime_reason}):", v.runtime);
+    for output in &v.outputs {
+        println!(
+            "  original output '{}': max |compiled - original| = {:.2e} (bound {:.2e} = {:.1e} x {:.3}) {}",
+            output.name,
+            output.max_abs_diff,
+            output.bound,
+            v.output_tolerance,
+            output.magnitude.max(1.0),
+            if output.unchanged { "OK" } else { "CHANGED" }
+        );
     }
     for s in &v.samples {
         println!(
@@ -288,14 +329,14 @@ fn print_verification(v: &VerifyReport, conserved: Option<bool>, tolerance: f32,
             s.sample, s.explained_logit, s.relevance_sum, s.relevance_bias, s.relative_residual
         );
     }
-    match conserved {
+    match v.conserved {
         Some(true) => println!(
-            "  conservation: OK (max residual {:.2e} <= {tolerance:.0e})",
-            v.max_relative_residual
+            "  conservation: OK (max residual {:.2e} <= {:.0e})",
+            v.max_relative_residual, v.conservation_tolerance
         ),
         Some(false) => println!(
-            "  conservation: FAILED (max residual {:.2e} > {tolerance:.0e})",
-            v.max_relative_residual
+            "  conservation: FAILED (max residual {:.2e} > {:.0e})",
+            v.max_relative_residual, v.conservation_tolerance
         ),
         None => println!("  conservation: not checked (rules '{rules}' do not conserve relevance)"),
     }
