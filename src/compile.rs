@@ -314,7 +314,8 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
                 },
             ),
             ("mambalrp.rules", report.rules.clone()),
-            ("mambalrp.silu_rule", silu_rule_metadata(&report)),
+            (emit::SILU_RULE_KEY, silu_rule_metadata(&report)),
+            (emit::BLOCKS_KEY, report.blocks.to_string()),
             (
                 "mambalrp.target",
                 format!("{}, last position", report.target),

@@ -47,6 +47,11 @@ pub fn add_output(graph: &mut Graph, value: &str, name: &str, shape: &[usize]) {
     graph.proto.output.push(value_info(name, 1, shape));
 }
 
+/// Metadata key: the number of Mamba blocks (verification's depth scales with it).
+pub const BLOCKS_KEY: &str = "mambalrp.blocks";
+/// Metadata key: the SiLU identity rule's form (`stabilized` or `exact`).
+pub const SILU_RULE_KEY: &str = "mambalrp.silu_rule";
+
 pub fn add_metadata(model: &mut ModelProto, entries: &[(&str, String)]) {
     for (key, value) in entries {
         model.metadata_props.retain(|p| p.key() != *key);

@@ -2,7 +2,10 @@
 //! reports, per sample, the explained logit, the relevance sum, the bias share and the residual.
 use ndarray::{ArrayD, Axis};
 
-use super::{conservation, run_model, Runtime};
+use super::{
+    changed_output, compare_outputs, conservation, default_output_tolerance, not_conserved,
+    run_model, run_source, FailedCheck, ModelSource, OutputCheck, Runtime,
+};
 use crate::emit::TARGET_INPUT;
 use crate::error::Result;
 use crate::onnx::proto::ModelProto;
@@ -27,7 +30,23 @@ pub struct CheckReport {
     pub runtime: Runtime,
     pub tolerance: f32,
     pub samples: Vec<CheckRow>,
+    /// With an original model: the relative bound on its outputs, and each output compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tolerance: Option<f32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputCheck>,
+    pub failed: Vec<FailedCheck>,
     pub passed: bool,
+}
+
+/// The model a compiled model was compiled from, to check that its outputs are unchanged.
+pub struct Original<'a> {
+    pub model: ModelSource<'a>,
+    /// Relative bound on the outputs; `None`: the default for `float_type` and `depth`.
+    pub output_tolerance: Option<f32>,
+    pub float_type: i32,
+    /// Sequence length times (blocks + 1) (see `default_output_tolerance`).
+    pub depth: usize,
 }
 
 pub fn check(
@@ -35,8 +54,26 @@ pub fn check(
     inputs: &[(String, Tensor)],
     runtime: Runtime,
     tolerance: f32,
+    original: Option<&Original>,
 ) -> Result<CheckReport> {
+    // One session at a time: the original's is gone before the compiled model's is built.
+    let reference = match original {
+        Some(original) => Some(run_source(runtime, original.model, inputs)?),
+        None => None,
+    };
     let outputs = run_model(runtime, model, inputs)?;
+    let (output_tolerance, output_checks) = match (original, &reference) {
+        (Some(original), Some(reference)) => {
+            let relative = original
+                .output_tolerance
+                .unwrap_or_else(|| default_output_tolerance(original.float_type, original.depth));
+            (
+                Some(relative),
+                compare_outputs(reference, &outputs, relative),
+            )
+        }
+        _ => (None, vec![]),
+    };
     let targets = explained_targets(model, inputs, &outputs);
     let samples: Vec<CheckRow> = conservation(&outputs)?
         .into_iter()
@@ -52,12 +89,32 @@ pub fn check(
             passed: s.relative_residual <= tolerance,
         })
         .collect();
-    let passed = samples.iter().all(|s| s.passed);
+    let mut failed: Vec<FailedCheck> = output_checks
+        .iter()
+        .filter(|c| !c.unchanged)
+        .filter_map(|c| output_tolerance.map(|relative| changed_output(c, relative)))
+        .collect();
+    if !samples.iter().all(|s| s.passed) {
+        let worst = samples
+            .iter()
+            .map(|s| s.relative_residual)
+            .fold(0.0f32, |m, r| {
+                if r.is_nan() || m.is_nan() {
+                    f32::NAN
+                } else {
+                    m.max(r)
+                }
+            });
+        failed.push(not_conserved(worst, tolerance));
+    }
     Ok(CheckReport {
         runtime,
         tolerance,
         samples,
-        passed,
+        output_tolerance,
+        outputs: output_checks,
+        passed: failed.is_empty(),
+        failed,
     })
 }
 

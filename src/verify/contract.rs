@@ -83,31 +83,24 @@ impl VerifyReport {
 }
 
 /// Runs the original and then the compiled model on `inputs` (the compiled model's extra
-/// `lrp_target` input, if any, is fed to it alone), one session at a time, and checks the
+/// `lrp_target` input, if any, is fed to it alone), one session at a time (so the weights are
+/// in the runtime's memory once), and checks the
 /// contract. `progress` hears which step is running.
 pub fn verify(
     original: ModelSource,
-    original_inputs: &[String],
     compiled: ModelSource,
     inputs: &[(String, Tensor)],
     settings: &VerifySettings,
     progress: &dyn Fn(&str),
 ) -> Result<VerifyReport> {
-    let fed: Vec<(String, Tensor)> = inputs
-        .iter()
-        .filter(|(n, _)| original_inputs.contains(n))
-        .cloned()
-        .collect();
+    let runtime = settings.runtime;
+    // Both runners feed a model only the inputs it declares.
+    progress(&format!("verifying: running the original in {runtime}"));
+    let reference = run_source(runtime, original, inputs)?;
     progress(&format!(
-        "verifying: running the original in {}",
-        settings.runtime
+        "verifying: running the compiled model in {runtime}"
     ));
-    let reference = run_source(settings.runtime, original, &fed)?;
-    progress(&format!(
-        "verifying: running the compiled model in {}",
-        settings.runtime
-    ));
-    let outputs = run_source(settings.runtime, compiled, inputs)?;
+    let outputs = run_source(runtime, compiled, inputs)?;
     judge(&reference, &outputs, settings)
 }
 
@@ -120,26 +113,12 @@ pub fn judge(
     let output_tolerance = settings
         .output_tolerance
         .unwrap_or_else(|| default_output_tolerance(settings.float_type, settings.depth));
-    let mut failed = Vec::new();
-    let checks: Vec<OutputCheck> = reference
+    let checks = compare_outputs(reference, outputs, output_tolerance);
+    let mut failed: Vec<FailedCheck> = checks
         .iter()
-        .map(|(name, expected)| compare_output(name, expected, outputs, output_tolerance))
+        .filter(|c| !c.unchanged)
+        .map(|c| changed_output(c, output_tolerance))
         .collect();
-    for check in checks.iter().filter(|c| !c.unchanged) {
-        failed.push(FailedCheck {
-            check: format!("original output '{}' unchanged", check.name),
-            measured: check.max_abs_diff,
-            tolerance: check.bound,
-            flag: "--output-tolerance",
-            advice: format!(
-                "the bound is {output_tolerance:.1e} x max(|{}|, 1) = {output_tolerance:.1e} x {:.3}; \
-                 a difference far above it means the compiled graph computes something else \
-                 (please report it); one just above it may be rounding: raise --output-tolerance",
-                check.name,
-                check.magnitude.max(1.0)
-            ),
-        });
-    }
     let samples = conservation(outputs)?;
     let max_relative_residual = samples
         .iter()
@@ -153,17 +132,7 @@ pub fn judge(
         .expect_conservation
         .then_some(max_relative_residual <= conservation_tolerance);
     if conserved == Some(false) {
-        failed.push(FailedCheck {
-            check: "relevance conservation |sum(relevance) + relevance_bias - logit| / |logit|"
-                .into(),
-            measured: max_relative_residual,
-            tolerance: conservation_tolerance,
-            flag: "--tolerance",
-            advice: "the MambaLRP rules make relevance sum to the logit up to rounding; a \
-                     larger residual means an op on the relevance path is not handled (please \
-                     report it), or the model's precision needs a looser --tolerance"
-                .into(),
-        });
+        failed.push(not_conserved(max_relative_residual, conservation_tolerance));
     }
     Ok(VerifyReport {
         runtime: settings.runtime,
@@ -176,6 +145,49 @@ pub fn judge(
         conserved,
         failed,
     })
+}
+
+/// Compares every output of the original run with the compiled run's output of that name.
+pub fn compare_outputs(
+    reference: &[(String, ArrayD<f32>)],
+    outputs: &[(String, ArrayD<f32>)],
+    relative: f32,
+) -> Vec<OutputCheck> {
+    reference
+        .iter()
+        .map(|(name, expected)| compare_output(name, expected, outputs, relative))
+        .collect()
+}
+
+/// The refusal for an original output the compiled model changed.
+pub fn changed_output(check: &OutputCheck, relative: f32) -> FailedCheck {
+    FailedCheck {
+        check: format!("original output '{}' unchanged", check.name),
+        measured: check.max_abs_diff,
+        tolerance: check.bound,
+        flag: "--output-tolerance",
+        advice: format!(
+            "the bound is {relative:.1e} x max(|{}|, 1) = {relative:.1e} x {:.3}; a difference \
+             far above it means the compiled graph computes something else (please report it); \
+             one just above it may be rounding: raise --output-tolerance",
+            check.name,
+            check.magnitude.max(1.0)
+        ),
+    }
+}
+
+/// The refusal for relevance that does not sum to the explained logit.
+pub fn not_conserved(max_relative_residual: f32, tolerance: f32) -> FailedCheck {
+    FailedCheck {
+        check: "relevance conservation |sum(relevance) + relevance_bias - logit| / |logit|".into(),
+        measured: max_relative_residual,
+        tolerance,
+        flag: "--tolerance",
+        advice: "the MambaLRP rules make relevance sum to the logit up to rounding; a larger \
+                 residual means an op on the relevance path is not handled (please report it), \
+                 or the model's precision needs a looser --tolerance"
+            .into(),
+    }
 }
 
 fn compare_output(

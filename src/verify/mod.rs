@@ -8,9 +8,12 @@ mod ort_runner;
 mod tolerance;
 mod tract_runner;
 
-pub use check::{check, CheckReport, CheckRow};
+pub use check::{check, CheckReport, CheckRow, Original};
 pub use conservation::{conservation, SampleCheck};
-pub use contract::{verify, FailedCheck, OutputCheck, VerifyReport, VerifySettings};
+pub use contract::{
+    changed_output, compare_outputs, not_conserved, verify, FailedCheck, OutputCheck, VerifyReport,
+    VerifySettings,
+};
 pub use inputs::{generated_inputs, load_npz, validate_inputs};
 pub use ort_runner::{ort_library_path, run_ort, OrtModel};
 pub use tolerance::{

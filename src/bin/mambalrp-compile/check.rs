@@ -3,7 +3,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use mambalrp::onnx;
-use mambalrp::verify::{self, Runtime};
+use mambalrp::onnx::proto::ModelProto;
+use mambalrp::onnx::Tensor;
+use mambalrp::verify::{self, ModelSource, Runtime};
 
 use crate::Outcome;
 
@@ -24,6 +26,13 @@ pub struct CheckArgs {
     /// Write the table as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// The model MODEL_LRP was compiled from: also check that its outputs are unchanged.
+    #[arg(long)]
+    original: Option<PathBuf>,
+    /// With --original: largest |compiled - original| accepted, relative to the output's
+    /// largest magnitude (at least 1); default as for compiling.
+    #[arg(long, requires = "original")]
+    output_tolerance: Option<f32>,
 }
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
@@ -37,7 +46,13 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
     let tolerance = args
         .tolerance
         .unwrap_or_else(|| verify::default_conservation_tolerance(float_type));
-    let report = verify::check(&model, &inputs, args.runtime, tolerance)
+    let original = args.original.as_deref().map(|path| verify::Original {
+        model: ModelSource::File(path),
+        output_tolerance: args.output_tolerance,
+        float_type,
+        depth: traced_depth(&model, &inputs),
+    });
+    let report = verify::check(&model, &inputs, args.runtime, tolerance, original.as_ref())
         .with_context(|| format!("cannot check {}", args.model.display()))?;
     println!(
         "{} ({}, tolerance {:.0e})",
@@ -63,14 +78,29 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
             if row.passed { "ok" } else { "FAIL" }
         );
     }
+    if let Some(relative) = report.output_tolerance {
+        for output in &report.outputs {
+            println!(
+                "original output '{}': max |compiled - original| = {:.2e} (bound {:.2e} = {relative:.1e} x {:.3}) {}",
+                output.name,
+                output.max_abs_diff,
+                output.bound,
+                output.magnitude.max(1.0),
+                if output.unchanged { "OK" } else { "CHANGED" }
+            );
+        }
+    }
     let failed = report.samples.iter().filter(|r| !r.passed).count();
-    if report.passed {
+    if failed == 0 {
         println!("conservation holds on all {} samples", report.samples.len());
     } else {
         println!(
             "conservation FAILS on {failed} of {} samples",
             report.samples.len()
         );
+    }
+    for check in &report.failed {
+        println!("FAILED {check}");
     }
     if let Some(path) = &args.report {
         onnx::io::write_atomically(path, &serde_json::to_vec_pretty(&report)?)?;
@@ -80,4 +110,21 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+/// Sequence length x (blocks + 1) of the checked inputs: the depth the default output
+/// tolerance scales with.
+fn traced_depth(model: &ModelProto, inputs: &[(String, Tensor)]) -> usize {
+    let blocks = model
+        .metadata_props
+        .iter()
+        .find(|p| p.key() == mambalrp::emit::BLOCKS_KEY)
+        .and_then(|p| p.value().parse::<usize>().ok())
+        .unwrap_or(1);
+    let sequence = inputs
+        .iter()
+        .filter_map(|(_, t)| t.shape().get(1).copied())
+        .max()
+        .unwrap_or(1);
+    sequence * (blocks + 1)
 }

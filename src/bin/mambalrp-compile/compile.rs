@@ -176,11 +176,6 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         verify::ensure_runnable(&model)
             .with_context(|| format!("cannot verify {}", model_path.display()))?;
     }
-    let original_inputs: Vec<String> = model
-        .graph
-        .as_ref()
-        .map(|g| g.input.iter().map(|i| i.name().to_string()).collect())
-        .unwrap_or_default();
     let (compiled, seconds) = phase(&progress, "compiling", || compile_owned(model, &options));
     let compiled = compiled.with_context(|| format!("cannot compile {}", model_path.display()))?;
     return_freed_memory();
@@ -222,7 +217,6 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
             let staged_path = staged.path();
             let verified = verify::verify(
                 ModelSource::File(model_path),
-                &original_inputs,
                 ModelSource::File(&staged_path),
                 inputs,
                 &settings,
