@@ -7,23 +7,32 @@ use mambalrp::verify::conservation;
 
 const RELEVANCE_TOLERANCE: f32 = 1e-5; // relative to max |R|
 const CONSERVATION_TOLERANCE: f32 = 1e-5; // relative to the explained logit
-const LOGITS_TOLERANCE: f32 = 1e-6; // absolute
+const LOGITS_TOLERANCE: f32 = 1e-6; // relative to max(|logits|, 1)
 
 fn zero_bias(fixture: &str) -> bool {
     matches!(fixture, "tiny_zerobias" | "small_untied")
 }
 
-fn check_mambalrp(fixture: &str, exporter: &str, scan: ScanForm) {
+/// The reference arrays' prefix for each form of the SiLU rule.
+fn reference_prefix(silu_rule: SiluRule) -> &'static str {
+    match silu_rule {
+        SiluRule::Stabilized => "mambalrp",
+        SiluRule::Exact => "mambalrp_exact",
+    }
+}
+
+fn check_mambalrp(fixture: &str, exporter: &str, scan: ScanForm, silu_rule: SiluRule) {
     let model = load(fixture, exporter);
     let reference = Reference::load(fixture);
     let inputs = reference.inputs();
     let original = run(&model, &inputs);
-    let compiled = compile_form(&model, "mambalrp", true, scan);
+    let compiled = compile_silu(&model, "mambalrp", true, scan, silu_rule);
     let outputs = run(&compiled, &inputs);
 
     let logits_change = max_abs_diff(output(&outputs, "logits"), output(&original, "logits"));
+    let logits_scale = max_abs(output(&original, "logits")).max(1.0);
     assert!(
-        logits_change <= LOGITS_TOLERANCE,
+        logits_change <= LOGITS_TOLERANCE * logits_scale,
         "{fixture}{exporter}: logits changed by {logits_change}"
     );
 
@@ -36,19 +45,16 @@ fn check_mambalrp(fixture: &str, exporter: &str, scan: ScanForm) {
 
     // The bias reference is zero in zero-bias fixtures, so it is compared relative to the logit.
     let logit_scale = max_abs(&reference.f32("target_logit"));
-    for (ours, theirs) in [
-        ("relevance", "mambalrp_relevance"),
-        ("relevance_embedding", "mambalrp_relevance_embedding"),
-        ("relevance_bias", "mambalrp_relevance_bias"),
-    ] {
-        let expected = reference.f32(theirs);
+    let prefix = reference_prefix(silu_rule);
+    for ours in ["relevance", "relevance_embedding", "relevance_bias"] {
+        let expected = reference.f32(&format!("{prefix}_{ours}"));
         let scale = if ours == "relevance_bias" {
             logit_scale
         } else {
             max_abs(&expected)
         };
         let err = max_abs_diff(output(&outputs, ours), &expected) / scale;
-        println!("{fixture}{exporter} mambalrp {ours}: relative error {err:.2e}");
+        println!("{fixture}{exporter} {scan} {silu_rule} {ours}: relative error {err:.2e}");
         assert!(
             err <= RELEVANCE_TOLERANCE,
             "{fixture}{exporter}: {ours} off by {err:.2e} relative to max |R|"
@@ -67,9 +73,14 @@ fn check_mambalrp(fixture: &str, exporter: &str, scan: ScanForm) {
     }
 
     if zero_bias(fixture) {
+        // Only the stabilized SiLU rule's 1e-6 absorbs relevance in a zero-bias model.
         let bias = output(&outputs, "relevance_bias");
+        let absorbed = max_abs(bias);
         assert!(
-            max_abs(bias) == 0.0,
+            match silu_rule {
+                SiluRule::Exact => absorbed == 0.0,
+                SiluRule::Stabilized => absorbed <= CONSERVATION_TOLERANCE * logit_scale,
+            },
             "{fixture}{exporter}: zero-bias model absorbed {bias:?}"
         );
         let layers = output(&outputs, "relevance_layers");
@@ -115,13 +126,18 @@ macro_rules! fixture_tests {
         $(
             mod $name {
                 use super::ScanForm::{Rolled, Unrolled};
+                use super::SiluRule::{Exact, Stabilized};
                 #[test]
                 fn rolled_mambalrp_relevance_matches_reference_and_conserves() {
-                    super::check_mambalrp($fixture, $exporter, Rolled);
+                    super::check_mambalrp($fixture, $exporter, Rolled, Stabilized);
                 }
                 #[test]
                 fn unrolled_mambalrp_relevance_matches_reference_and_conserves() {
-                    super::check_mambalrp($fixture, $exporter, Unrolled);
+                    super::check_mambalrp($fixture, $exporter, Unrolled, Stabilized);
+                }
+                #[test]
+                fn exact_silu_rule_matches_its_reference_and_conserves() {
+                    super::check_mambalrp($fixture, $exporter, Rolled, Exact);
                 }
                 #[test]
                 fn rolled_gradient_times_input_matches_reference() {
@@ -145,4 +161,45 @@ fixture_tests! {
     small_untied_dynamo: "small_untied", "_dynamo";
     tiny_bigxproj_torchscript: "tiny_bigxproj", "";
     tiny_bigxproj_dynamo: "tiny_bigxproj", "_dynamo";
+    tiny_smallsilu_torchscript: "tiny_smallsilu", "";
+    tiny_smallsilu_dynamo: "tiny_smallsilu", "_dynamo";
+    mid_biglogits_torchscript: "mid_biglogits", "";
+    mid_biglogits_dynamo: "mid_biglogits", "_dynamo";
+}
+
+/// The small-SiLU fixture has SiLU inputs below 1e-5 on purpose: there the two forms of the
+/// rule differ, so each must match its own reference and not the other's.
+#[test]
+fn tiny_smallsilu_tells_the_two_silu_rules_apart() {
+    let reference = Reference::load("tiny_smallsilu");
+    let gap = relative_error(
+        &reference.f32("mambalrp_exact_relevance"),
+        &reference.f32("mambalrp_relevance"),
+    );
+    assert!(gap > 1e-3, "the references barely differ: {gap:.2e}");
+    for exporter in EXPORTERS {
+        let model = load("tiny_smallsilu", exporter);
+        let compiled = compile_silu(
+            &model,
+            "mambalrp",
+            false,
+            ScanForm::Rolled,
+            SiluRule::Stabilized,
+        );
+        let outputs = run(&compiled, &reference.inputs());
+        let against_exact = relative_error(
+            output(&outputs, "relevance"),
+            &reference.f32("mambalrp_exact_relevance"),
+        );
+        assert!(
+            against_exact > 100.0 * RELEVANCE_TOLERANCE,
+            "tiny_smallsilu{exporter}: the stabilized rule matches the exact reference ({against_exact:.2e})"
+        );
+        let metadata = compiled
+            .metadata_props
+            .iter()
+            .find(|p| p.key() == "mambalrp.silu_rule")
+            .map(|p| p.value().to_string());
+        assert_eq!(metadata.as_deref(), Some("stabilized"));
+    }
 }

@@ -4,7 +4,7 @@ use ndarray::{ArrayD, Axis};
 
 use super::{
     changed_output, compare_outputs, conservation, default_output_tolerance, not_conserved,
-    run_model, run_source, FailedCheck, ModelSource, OutputCheck, Runtime,
+    run_source, FailedCheck, ModelSource, OutputCheck, Runtime,
 };
 use crate::emit::TARGET_INPUT;
 use crate::error::Result;
@@ -49,19 +49,23 @@ pub struct Original<'a> {
     pub depth: usize,
 }
 
+/// Runs the compiled `model` (read by the runtime from `source`: its file, or itself) and
+/// checks conservation, and with `original` that the original outputs are unchanged.
 pub fn check(
     model: &ModelProto,
+    source: ModelSource,
     inputs: &[(String, Tensor)],
     runtime: Runtime,
     tolerance: f32,
     original: Option<&Original>,
 ) -> Result<CheckReport> {
+    super::ensure_runnable(model)?;
     // One session at a time: the original's is gone before the compiled model's is built.
     let reference = match original {
         Some(original) => Some(run_source(runtime, original.model, inputs)?),
         None => None,
     };
-    let outputs = run_model(runtime, model, inputs)?;
+    let outputs = run_source(runtime, source, inputs)?;
     let (output_tolerance, output_checks) = match (original, &reference) {
         (Some(original), Some(reference)) => {
             let relative = original

@@ -147,7 +147,9 @@ pub fn run_source(
             ensure_runnable(proto)?;
             run_ort(proto, inputs)
         }
-        (Runtime::Ort, ModelSource::File(path)) => OrtModel::from_file(path)?.run(inputs),
+        (Runtime::Ort, ModelSource::File(path)) => {
+            OrtModel::from_file_for_one_run(path)?.run(inputs)
+        }
         (Runtime::Tract, ModelSource::Proto(proto)) => {
             ensure_runnable(proto)?;
             run_tract(proto, inputs)

@@ -4,14 +4,17 @@ use std::path::PathBuf;
 
 use mambalrp::onnx::{self, proto::ModelProto, Tensor};
 pub use mambalrp::reroll::ScanForm;
+pub use mambalrp::rules::SiluRule;
 use mambalrp::{compile, Options};
 use ndarray::ArrayD;
 
-pub const FIXTURES: [&str; 4] = [
+pub const FIXTURES: [&str; 6] = [
     "tiny_convbias",
     "tiny_zerobias",
     "small_untied",
     "tiny_bigxproj",
+    "tiny_smallsilu",
+    "mid_biglogits",
 ];
 pub const EXPORTERS: [&str; 2] = ["", "_dynamo"];
 
@@ -67,8 +70,20 @@ pub fn compile_with(model: &ModelProto, rules: &str, emit: bool) -> ModelProto {
 }
 
 pub fn compile_form(model: &ModelProto, rules: &str, emit: bool, scan: ScanForm) -> ModelProto {
+    compile_silu(model, rules, emit, scan, SiluRule::default())
+}
+
+/// Compiles with a chosen form of the SiLU identity rule.
+pub fn compile_silu(
+    model: &ModelProto,
+    rules: &str,
+    emit: bool,
+    scan: ScanForm,
+    silu_rule: SiluRule,
+) -> ModelProto {
     let options = Options {
         rules: rules.parse().unwrap(),
+        silu_rule,
         emit_embedding: emit,
         emit_layers: emit,
         scan,

@@ -52,8 +52,15 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
         float_type,
         depth: traced_depth(&model, &inputs),
     });
-    let report = verify::check(&model, &inputs, args.runtime, tolerance, original.as_ref())
-        .with_context(|| format!("cannot check {}", args.model.display()))?;
+    let report = verify::check(
+        &model,
+        ModelSource::File(&args.model),
+        &inputs,
+        args.runtime,
+        tolerance,
+        original.as_ref(),
+    )
+    .with_context(|| format!("cannot check {}", args.model.display()))?;
     println!(
         "{} ({}, tolerance {:.0e})",
         args.model.display(),
