@@ -78,8 +78,13 @@ fn locate(tensor: &TensorProto, folder: &Path, model: &Path) -> Result<Location>
     })
 }
 
-/// Reads every external initializer of `model` (loaded from `model_path`) into `raw_data`.
-pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<()> {
+/// Reads every external initializer of `model` (loaded from `model_path`) into `raw_data`:
+/// slices of a memory map for large data files (added to `mapped`), copies for small ones.
+pub fn load_external_data(
+    model: &mut ModelProto,
+    model_path: &Path,
+    mapped: &mut Vec<super::io::MappedFile>,
+) -> Result<()> {
     let folder = match model_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -125,14 +130,27 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<(
                 format!("external data file {} holds {available} bytes, fewer than offset {} + length {length}", location.file.display(), location.offset),
             ));
         }
-        let mut data = vec![0u8; expected];
-        file.seek(SeekFrom::Start(location.offset))
-            .and_then(|_| file.read_exact(&mut data))
-            .map_err(|source| Error::Read {
-                path: location.file.clone(),
-                source,
-            })?;
-        tensor.raw_data = Some(data.into());
+        let known = mapped.iter().position(|m| m.path == location.file);
+        let map = match known {
+            Some(i) => Some(i),
+            None => super::io::MappedFile::map_if_large(&location.file, &file)?.map(|m| {
+                mapped.push(m);
+                mapped.len() - 1
+            }),
+        };
+        if let Some(i) = map {
+            let start = location.offset as usize;
+            tensor.raw_data = Some(mapped[i].bytes().slice(start..start + expected));
+        } else {
+            let mut data = vec![0u8; expected];
+            file.seek(SeekFrom::Start(location.offset))
+                .and_then(|_| file.read_exact(&mut data))
+                .map_err(|source| Error::Read {
+                    path: location.file.clone(),
+                    source,
+                })?;
+            tensor.raw_data = Some(data.into());
+        }
         tensor.external_data.clear();
         tensor.data_location = None;
     }

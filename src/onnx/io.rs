@@ -18,23 +18,74 @@ const MAP_AT_BYTES: u64 = 64 << 20;
 
 /// Reads a model and any external data it references (from its own folder only).
 pub fn load_model(path: &Path) -> Result<ModelProto> {
+    load_model_mapped(path).map(|loaded| loaded.model)
+}
+
+/// A memory-mapped file whose bytes the tensors of a loaded model borrow.
+#[derive(Clone)]
+pub struct MappedFile {
+    pub path: std::path::PathBuf,
+    bytes: Bytes,
+}
+
+impl MappedFile {
+    /// Maps `path` if it is large enough to be worth it (see [`MAP_AT_BYTES`]).
+    pub(super) fn map_if_large(path: &Path, file: &std::fs::File) -> Result<Option<MappedFile>> {
+        let read_error = |source| Error::Read {
+            path: path.into(),
+            source,
+        };
+        if file.metadata().map_err(read_error)?.len() < MAP_AT_BYTES {
+            return Ok(None);
+        }
+        // SAFETY: the map is read-only and private to us. Should another process truncate
+        // the file while we compile, reads past the new end fault; documented in README.
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(read_error)?;
+        Ok(Some(MappedFile {
+            path: path.to_path_buf(),
+            bytes: Bytes::from_owner(map),
+        }))
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Where `data` starts in the file, when `data` lies inside this mapping.
+    pub fn offset_of(&self, data: &[u8]) -> Option<u64> {
+        let base = self.bytes.as_ptr() as usize;
+        let start = data.as_ptr() as usize;
+        (start >= base && start + data.len() <= base + self.bytes.len())
+            .then(|| (start - base) as u64)
+    }
+}
+
+/// A loaded model and the mapped files its weights borrow (none for small files, which are
+/// read into memory).
+pub struct LoadedModel {
+    pub model: ModelProto,
+    pub mapped: Vec<MappedFile>,
+}
+
+/// Like [`load_model`], also returning the mapped files.
+pub fn load_model_mapped(path: &Path) -> Result<LoadedModel> {
     let read_error = |source| Error::Read {
         path: path.into(),
         source,
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
-    let size = file.metadata().map_err(read_error)?.len();
-    let bytes = if size >= MAP_AT_BYTES {
-        // SAFETY: the map is read-only and private to us. Should another process truncate
-        // the file while we compile, reads past the new end fault; documented in README.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(read_error)?;
-        Bytes::from_owner(map)
-    } else {
-        Bytes::from(std::fs::read(path).map_err(read_error)?)
+    let mut mapped = Vec::new();
+    let bytes = match MappedFile::map_if_large(path, &file)? {
+        Some(map) => {
+            let bytes = map.bytes.clone();
+            mapped.push(map);
+            bytes
+        }
+        None => Bytes::from(std::fs::read(path).map_err(read_error)?),
     };
     let mut model = decode_shared(bytes, path)?;
-    super::external::load_external_data(&mut model, path)?;
-    Ok(model)
+    super::external::load_external_data(&mut model, path, &mut mapped)?;
+    Ok(LoadedModel { model, mapped })
 }
 
 pub fn decode_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
@@ -148,7 +199,7 @@ unsafe impl BufMut for FileSink<'_> {
 }
 
 /// Encodes `model` straight into `path`, atomically.
-fn stream_model_atomically(model: &ModelProto, path: &Path) -> Result<()> {
+pub(crate) fn stream_model_atomically(model: &ModelProto, path: &Path) -> Result<()> {
     write_through_temp(path, |file| {
         let mut sink = FileSink {
             file,
@@ -194,75 +245,5 @@ pub fn save_model(model: ModelProto, path: &Path, external_data: bool) -> Result
         save_model_with_external_data(model, path)
     } else {
         save_model_atomically(&model, path)
-    }
-}
-
-/// A compiled model written to a hidden staging folder next to its destination, so it can be
-/// verified from its file (the runtime reads it, with its external data, without a second copy
-/// in our memory) before it appears. [`StagedModel::commit`] moves it into place (external
-/// data first, so the model never references a missing file); dropping it uncommitted
-/// removes everything.
-pub struct StagedModel {
-    folder: std::path::PathBuf,
-    destination: std::path::PathBuf,
-    file_name: String,
-    committed: bool,
-}
-
-impl StagedModel {
-    pub fn write(model: ModelProto, destination: &Path, external_data: bool) -> Result<Self> {
-        let file_name = destination
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| Error::Write {
-                path: destination.into(),
-                source: std::io::Error::other("the output path names no file"),
-            })?;
-        let folder =
-            destination.with_file_name(format!(".{file_name}.{}.staging", std::process::id()));
-        std::fs::create_dir(&folder).map_err(|source| Error::Write {
-            path: destination.into(),
-            source,
-        })?;
-        let staged = StagedModel {
-            folder,
-            destination: destination.to_path_buf(),
-            file_name,
-            committed: false,
-        };
-        save_model(model, &staged.path(), external_data)?;
-        Ok(staged)
-    }
-
-    /// The staged model file.
-    pub fn path(&self) -> std::path::PathBuf {
-        self.folder.join(&self.file_name)
-    }
-
-    /// Moves the model (and its external data, if any) to the destination.
-    pub fn commit(mut self) -> Result<()> {
-        let data_name = format!("{}.data", self.file_name);
-        let staged_data = self.folder.join(&data_name);
-        let moved = (|| {
-            if staged_data.exists() {
-                std::fs::rename(&staged_data, self.destination.with_file_name(&data_name))?;
-            }
-            std::fs::rename(self.path(), &self.destination)
-        })();
-        moved.map_err(|source| Error::Write {
-            path: self.destination.clone(),
-            source,
-        })?;
-        self.committed = true;
-        let _ = std::fs::remove_dir_all(&self.folder);
-        Ok(())
-    }
-}
-
-impl Drop for StagedModel {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.folder);
-        }
     }
 }

@@ -10,5 +10,5 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
-pub use io::{load_model, save_model_atomically, StagedModel};
+pub use io::{load_model, load_model_mapped, save_model_atomically, LoadedModel, MappedFile};
 pub use tensor::Tensor;

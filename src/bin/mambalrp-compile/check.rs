@@ -54,7 +54,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
     });
     let report = verify::check(
         &model,
-        ModelSource::File(&args.model),
+        ModelSource::CompiledFile(&args.model),
         &inputs,
         args.runtime,
         tolerance,

@@ -6,10 +6,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{bail, Context};
 use mambalrp::emit::TargetMode;
-use mambalrp::onnx::StagedModel;
 use mambalrp::reroll::ScanForm;
 use mambalrp::rules::{RuleSet, SiluRule};
-use mambalrp::verify::{self, FailedCheck, ModelSource, RuntimeChoice, VerifyReport};
+use mambalrp::verify::{
+    self, FailedCheck, ModelSource, Runtime, RuntimeChoice, StagingFolder, VerifyReport,
+};
 use mambalrp::{compile_owned, onnx, CompileReport, Options};
 
 use crate::Outcome;
@@ -158,8 +159,8 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     progress.enable_steady_tick(Duration::from_millis(200));
     let mut costs = Costs::default();
 
-    let (model, seconds) = phase(&progress, "loading", || onnx::load_model(model_path));
-    let model = model?;
+    let (loaded, seconds) = phase(&progress, "loading", || onnx::load_model_mapped(model_path));
+    let onnx::LoadedModel { mut model, mapped } = loaded?;
     costs.load_seconds = seconds;
     let options = Options {
         rules: args.rules.clone(),
@@ -172,40 +173,36 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         dynamic_sequence: args.dynamic_seq,
         dynamic_batch: args.dynamic_batch,
     };
+    // Verification runs the original and the compiled model from small files in a staging
+    // folder next to the output whose weights refer to the mapped input (see
+    // verify::StagingFolder): the runtime then holds the weights once.
+    let mut staging = None;
     if !args.no_verify {
         verify::ensure_runnable(&model)
             .with_context(|| format!("cannot verify {}", model_path.display()))?;
+        let (runtime, reason) = verify::resolve_runtime(args.verify_runtime);
+        let mut folder = StagingFolder::create(output_path)?;
+        let original_view = match runtime {
+            Runtime::Ort => folder.write_view(&mut model, &mapped, "original.onnx")?,
+            Runtime::Tract => model_path.clone(),
+        };
+        staging = Some((folder, runtime, reason, original_view));
     }
     let (compiled, seconds) = phase(&progress, "compiling", || compile_owned(model, &options));
-    let compiled = compiled.with_context(|| format!("cannot compile {}", model_path.display()))?;
+    let mut compiled =
+        compiled.with_context(|| format!("cannot compile {}", model_path.display()))?;
     return_freed_memory();
     costs.compile_seconds = seconds;
     let report = compiled.report.clone();
-    let inputs = if args.no_verify {
-        None
-    } else {
-        Some(crate::model_inputs(&compiled.model, args.input.as_deref())?)
-    };
 
-    // Written to a staging folder first: verification runs the file (no second copy of the
-    // weights in memory), and it appears at OUTPUT only once it has passed.
-    let (staged, seconds) = phase(&progress, "writing", || {
-        StagedModel::write(compiled.model, output_path, args.external_data)
-    });
-    let staged = staged?;
-    return_freed_memory();
-    costs.write_seconds = seconds;
-
-    let runtime = inputs
-        .as_ref()
-        .map(|_| verify::resolve_runtime(args.verify_runtime));
     let (verification, seconds) = phase(
         &progress,
         "verifying",
         || -> anyhow::Result<Option<VerifyReport>> {
-            let (Some(inputs), Some((runtime, _))) = (&inputs, &runtime) else {
+            let Some((folder, runtime, _, original_view)) = &mut staging else {
                 return Ok(None);
             };
+            let inputs = crate::model_inputs(&compiled.model, args.input.as_deref())?;
             let settings = verify::VerifySettings {
                 runtime: *runtime,
                 float_type: report.float_type,
@@ -214,11 +211,20 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
                 expect_conservation: options.rules.is_complete(),
                 depth: report.sequence_length * (report.blocks + 1),
             };
-            let staged_path = staged.path();
+            let compiled_view = match runtime {
+                Runtime::Ort => {
+                    Some(folder.write_view(&mut compiled.model, &mapped, "compiled.onnx")?)
+                }
+                Runtime::Tract => None,
+            };
+            let compiled_source = match &compiled_view {
+                Some(path) => ModelSource::CompiledFile(path),
+                None => ModelSource::Proto(&compiled.model),
+            };
             let verified = verify::verify(
-                ModelSource::File(model_path),
-                ModelSource::File(&staged_path),
-                inputs,
+                ModelSource::File(&*original_view),
+                compiled_source,
+                &inputs,
                 &settings,
                 &|step| progress.set_message(step.to_string()),
             )
@@ -228,14 +234,20 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     );
     let verification = verification?;
     costs.verify_seconds = seconds;
+    let runtime = staging
+        .take()
+        .map(|(_, runtime, reason, _)| (runtime, reason));
+    return_freed_memory();
     let failed: Vec<FailedCheck> = verification
         .as_ref()
         .map_or_else(Vec::new, |v| v.failed.clone());
     let passed = failed.is_empty();
     if passed {
-        staged.commit()?;
-    } else {
-        drop(staged);
+        let (written, seconds) = phase(&progress, "writing", || {
+            onnx::io::save_model(compiled.model, output_path, args.external_data)
+        });
+        written?;
+        costs.write_seconds = seconds;
     }
     progress.finish_and_clear();
     costs.peak_rss_mb = peak_rss_mb();
@@ -266,11 +278,11 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         serde_json::to_string(&report.site_counts)?
     );
     println!(
-        "  load {:.2}s, compile {:.2}s, write {:.2}s, verify {:.2}s, peak memory {}",
+        "  load {:.2}s, compile {:.2}s, verify {:.2}s, write {:.2}s, peak memory {}",
         costs.load_seconds,
         costs.compile_seconds,
-        costs.write_seconds,
         costs.verify_seconds,
+        costs.write_seconds,
         costs
             .peak_rss_mb
             .map_or("unknown".into(), |m| format!("{m:.0} MB"))
