@@ -10,7 +10,12 @@ Regeneration command (from the repository root, after `bash models/setup.sh`):
     models/.venv/bin/python models/make_half_fixtures.py
 
 Writes models/fixtures/tiny_zerobias_fp16.onnx and tiny_zerobias_bf16.onnx, each with a .ref.npz
-(input_ids, mambalrp_relevance, target_logit: float32 arrays holding half-computed values).
+(float32 arrays holding half-computed values): input_ids, target_logit, ``mambalrp_relevance``
+[B,S] and ``mambalrp_relevance_bias`` [B] with the stabilized SiLU rule (the default; its
+``st(z) = z + ((z == 0) + sign(z)) * 1e-6`` is computed in the half type),
+``mambalrp_exact_relevance`` and ``mambalrp_exact_relevance_bias`` with the exact SiLU rule
+(models/mamba_lrp.py). The model has zero conv biases, so R_bias is only the relevance absorbed
+by the stabilized rule's offsets (0 for the exact rule).
 """
 import os
 import sys
@@ -22,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import make_fixtures  # noqa: E402
+import make_length_fixtures  # noqa: E402
 import mamba_lrp  # noqa: E402
 
 # suffix: (dtype, dynamo exporter, opset)
@@ -44,13 +50,18 @@ def export(suffix, dtype, dynamo, opset):
         make_fixtures.drop_stack_traces(path)
     model.config.return_dict = True
     ref = mamba_lrp.relevance(model, ids, "mambalrp")
+    exact = mamba_lrp.relevance(model, ids, "mambalrp", ref["target"], silu_rule="exact")
     make_fixtures.save_npz(
         os.path.join(make_fixtures.OUT, f"{name}.ref.npz"),
         input_ids=ids.numpy(),
         mambalrp_relevance=ref["relevance"].detach().float().numpy(),
         target_logit=ref["target_logit"].detach().float().numpy(),
+        mambalrp_relevance_bias=ref["relevance_bias"].detach().float().numpy(),
+        **make_fixtures.reference_arrays(exact, "mambalrp_exact", embedding=False),
     )
-    print(f"{name}: target logit {ref['target_logit'].tolist()}, sum(R) {ref['relevance'].float().sum(-1).tolist()}")
+    f32 = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in ref.items()}
+    f32_exact = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in exact.items()}
+    make_length_fixtures.report(name, f32, f32_exact)
 
 
 def main():

@@ -7,7 +7,12 @@ Regeneration command (from the repository root, after `bash models/setup.sh`):
     models/.venv/bin/python models/make_length_fixtures.py
 
 Writes models/fixtures/tiny_zerobias_s{S}.onnx (TorchScript), ..._s{S}_dynamo.onnx (dynamo) and
-..._s{S}.ref.npz (input_ids, mambalrp_relevance, target_logit) for S in LENGTHS.
+..._s{S}.ref.npz for S in LENGTHS, holding input_ids, target_logit, and the MambaLRP references
+(models/mamba_lrp.py) ``mambalrp_relevance`` [B,S] and ``mambalrp_relevance_bias`` [B] with the
+stabilized SiLU rule (the default), ``mambalrp_exact_relevance`` and
+``mambalrp_exact_relevance_bias`` with the exact SiLU rule. The model has zero conv biases, so
+R_bias is only the (tiny) relevance absorbed by the stabilized rule's offsets (0 for the exact
+rule); sum(R) + R_bias = target_logit.
 """
 import os
 import sys
@@ -35,14 +40,26 @@ def main():
         name = f"tiny_zerobias_s{length}"
         make_fixtures.export(model, ids, name)
         ref = mamba_lrp.relevance(model, ids, "mambalrp")
+        exact = mamba_lrp.relevance(model, ids, "mambalrp", ref["target"], silu_rule="exact")
         make_fixtures.save_npz(
             os.path.join(make_fixtures.OUT, f"{name}.ref.npz"),
             input_ids=ids.numpy(),
             mambalrp_relevance=ref["relevance"].detach().numpy().astype(np.float32),
             target_logit=ref["target_logit"].detach().numpy().astype(np.float32),
+            mambalrp_relevance_bias=ref["relevance_bias"].detach().numpy().astype(np.float32),
+            **make_fixtures.reference_arrays(exact, "mambalrp_exact", embedding=False),
         )
-        total = ref["relevance"].sum(-1)
-        print(f"{name}: target logit {ref['target_logit'].tolist()}, sum(R) {total.tolist()}")
+        report(name, ref, exact)
+
+
+def report(name, ref, exact):
+    total = ref["relevance"].sum(-1)
+    d_tok, _, d_bias = make_fixtures.silu_rule_comparison(ref, exact)
+    print(f"{name}: target logit {ref['target_logit'].tolist()}, sum(R) {total.tolist()}, "
+          f"R_bias {ref['relevance_bias'].tolist()}; conservation residual rel "
+          f"stabilized {make_fixtures.conservation(ref).max().item():.3e}, "
+          f"exact {make_fixtures.conservation(exact).max().item():.3e}; "
+          f"stabilized vs exact rel max diff token {d_tok:.3e}, R_bias {d_bias:.3e}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 //! act here: stop-gradient edges carry nothing back, half-gradient products halve their input.
 mod linearity;
 mod path;
+mod remat;
 mod vjp;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -75,6 +76,7 @@ pub fn differentiate(
             .push(Contribution::Full(cotangent.clone()));
     }
     let batch = graph.shape(source)?.first().copied().unwrap_or(1);
+    let mut recomputed = HashMap::new();
     for &index in path_nodes.iter().rev() {
         let node = graph.node(index).clone();
         crate::ir::shapes::check_node_types(graph, &node)?;
@@ -102,7 +104,7 @@ pub fn differentiate(
             stabilized_silu: modifiers.stabilized_silu.contains(&index),
             batch,
         };
-        let (contributions, bias) = vjp::backward(graph, &step)?;
+        let (contributions, bias) = vjp::backward(graph, &step, &mut recomputed)?;
         for (slot, contribution) in contributions {
             grads
                 .pending

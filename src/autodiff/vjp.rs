@@ -1,6 +1,8 @@
 //! One vector-Jacobian rule per op type. Each takes the cotangents of a node's outputs and emits
 //! the nodes computing the cotangents of its relevance-carrying inputs, plus the relevance that
 //! constant additive terms (biases) absorb.
+use std::collections::HashMap;
+
 use super::Contribution;
 use crate::error::{Error, Result};
 use crate::ir::shapes::{normalize_axis, reduction, slice_spec, split_sizes};
@@ -23,7 +25,12 @@ pub(super) struct Step<'a> {
 
 type Contributions = Vec<(usize, Contribution)>;
 
-pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions, Option<String>)> {
+/// `recomputed` caches the large forward values rebuilt for the backward pass (see `remat`).
+pub(super) fn backward(
+    graph: &mut Graph,
+    step: &Step,
+    recomputed: &mut HashMap<String, String>,
+) -> Result<(Contributions, Option<String>)> {
     let node = step.node;
     let no_rule = |detail: &str| Error::NoVjp {
         node: node.name().to_string(),
@@ -36,7 +43,7 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
                 " (only the selective scans mambalrp re-rolls are differentiated)",
             ));
         };
-        return selective_scan_backward(graph, step, kind);
+        return selective_scan_backward(graph, step, kind, recomputed);
     }
     let g = match step.out_grads.first() {
         Some(Some(g)) => g.clone(),
@@ -103,7 +110,9 @@ pub(super) fn backward(graph: &mut Graph, step: &Step) -> Result<(Contributions,
             };
             for slot in 0..2 {
                 if step.carries[slot] {
-                    let product = graph.op_binary("Mul", &g, &node.input[1 - slot]);
+                    let other =
+                        super::remat::recomputed(graph, &node.input[1 - slot], &g, recomputed)?;
+                    let product = graph.op_binary("Mul", &g, &other);
                     let shape = input_shape(graph, slot)?;
                     out.push(full(
                         slot,
@@ -581,6 +590,7 @@ fn selective_scan_backward(
     graph: &mut Graph,
     step: &Step,
     kind: ScanKind,
+    recomputed: &mut HashMap<String, String>,
 ) -> Result<(Contributions, Option<String>)> {
     let node = step.node;
     let (h0, decay, readout) = (&node.input[0], &node.input[1], &node.input[3]);
@@ -617,10 +627,11 @@ fn selective_scan_backward(
         make_ints("scan_output_axes", &[2]),
         make_ints("scan_output_directions", &[1]),
     ];
+    let decay_again = super::remat::recomputed(graph, decay, &grad_y, recomputed)?;
     let outs = graph.add_node_named(
         "selective_scan_backward",
         "Scan",
-        &[&carry, &grad_y, readout, decay],
+        &[&carry, &grad_y, readout, &decay_again],
         2,
         attrs,
     );

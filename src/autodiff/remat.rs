@@ -1,0 +1,143 @@
+//! Recomputing large forward values in the backward pass instead of keeping them. The relevance
+//! pass multiplies by forward values (the other factor of a product, the decay of the scan).
+//! Some are large tensors made cheaply from small ones: the selective scan's dA = exp(dt * A)
+//! and dB = dt * B are [B, D, S, N], built by broadcasting dt [B, D, S] against A [D, N] and
+//! B [B, S, N]. Kept from the forward pass until the backward reaches their layer, they are
+//! most of the compiled model's memory (24 layers x 2 x 12.6 MB on the 130M model at 128
+//! tokens). Recomputed from their small inputs where the backward needs them, only one layer's
+//! copy lives at a time; the recomputation repeats the same ops on the same inputs, so the
+//! values are identical.
+//!
+//! ONNX has no control edges and runtimes run a node as soon as its inputs exist (ONNX
+//! Runtime ran the recomputations before the first forward scan, storing them after all), so
+//! a recomputation reads its small inputs through [`after`], a copy that exists only once the
+//! backward pass has reached the value that needs it.
+use std::collections::HashMap;
+
+use crate::error::Result;
+use crate::ir::Graph;
+
+/// Ops a recomputed value may be made of: elementwise and layout ops, cheap per element.
+const RECOMPUTABLE_OPS: &[&str] = &[
+    "Exp",
+    "Neg",
+    "Cast",
+    "Identity",
+    "Sigmoid",
+    "Softplus",
+    "Mul",
+    "Add",
+    "Sub",
+    "Div",
+    "Reshape",
+    "Unsqueeze",
+    "Squeeze",
+    "Transpose",
+    "Expand",
+    "Pad",
+];
+
+/// How many ops deep a recomputation may reach.
+const MAX_DEPTH: usize = 6;
+
+fn numel(graph: &Graph, value: &str) -> Option<usize> {
+    graph.value_type(value).ok().map(|t| t.numel())
+}
+
+/// Whether `value` can be rebuilt from strictly smaller stored values by recomputable ops.
+fn recomputable(graph: &Graph, value: &str, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    let Some((_, node)) = graph.producer(value) else {
+        return false;
+    };
+    let Some(size) = numel(graph, value) else {
+        return false;
+    };
+    RECOMPUTABLE_OPS.contains(&node.op_type())
+        && node.output.len() == 1
+        && node.input.iter().all(|input| {
+            input.is_empty()
+                || numel(graph, input).is_some_and(|n| n < size)
+                || (numel(graph, input) == Some(size) && recomputable(graph, input, depth + 1))
+        })
+}
+
+/// `value`, or a recomputation of it when it is large and made from smaller values (see the
+/// module doc). Recomputed values are cached, so each is rebuilt once per backward pass.
+/// `anchor` is a backward value the use depends on anyway: the recomputation runs after it.
+pub(super) fn recomputed(
+    graph: &mut Graph,
+    value: &str,
+    anchor: &str,
+    cache: &mut HashMap<String, String>,
+) -> Result<String> {
+    if let Some(done) = cache.get(value) {
+        return Ok(done.clone());
+    }
+    if !recomputable(graph, value, 0) {
+        return Ok(value.to_string());
+    }
+    let mut leaves = HashMap::new();
+    rebuild(graph, value, anchor, cache, &mut leaves)
+}
+
+/// Clones the ops that make `value`, reading its smaller inputs through [`after`].
+fn rebuild(
+    graph: &mut Graph,
+    value: &str,
+    anchor: &str,
+    cache: &mut HashMap<String, String>,
+    leaves: &mut HashMap<String, String>,
+) -> Result<String> {
+    if let Some(done) = cache.get(value) {
+        return Ok(done.clone());
+    }
+    let (_, node) = graph
+        .producer(value)
+        .expect("recomputable values have a producer");
+    let node = node.clone();
+    let size = numel(graph, value).unwrap_or(0);
+    let mut inputs = Vec::new();
+    for input in &node.input {
+        inputs.push(if input.is_empty() || graph.is_constant(input) {
+            input.clone()
+        } else if numel(graph, input) == Some(size) {
+            rebuild(graph, input, anchor, cache, leaves)?
+        } else {
+            match leaves.get(input) {
+                Some(late) => late.clone(),
+                None => {
+                    let late = after(graph, input, anchor);
+                    leaves.insert(input.clone(), late.clone());
+                    late
+                }
+            }
+        });
+    }
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let copy = graph
+        .add_node_named(
+            "recompute",
+            node.op_type(),
+            &refs,
+            1,
+            node.attribute.clone(),
+        )
+        .remove(0);
+    cache.insert(value.to_string(), copy.clone());
+    Ok(copy)
+}
+
+/// `value`, copied by a node that also reads `anchor`, so that it is computed only once
+/// `anchor` is: `Where(IsNaN(first element of anchor), value, value)` (both branches are
+/// `value`, so the copy is exact whatever the anchor holds).
+fn after(graph: &mut Graph, value: &str, anchor: &str) -> String {
+    let flat = graph.const_i64(&[-1]);
+    let flat = graph.add_node("Reshape", &[anchor, &flat], vec![]);
+    let first = graph.scalar_i64(0);
+    let element = graph.add_node("Gather", &[&flat, &first], vec![]);
+    let flag = graph.op_unary("IsNaN", &element);
+    graph.add_node("Where", &[&flag, value, value], vec![])
+}
