@@ -211,3 +211,39 @@ fn without_onnx_runtime_verification_falls_back_to_tract_and_says_where_it_looke
         text(&out)
     );
 }
+
+/// Logits of ~30, like a trained LM's: the compiled model computes them in another order, and
+/// the default output tolerance (scaled by magnitude and depth) accepts that, in both runtimes.
+#[test]
+fn a_model_with_large_logits_compiles_with_default_options() {
+    for exporter in EXPORTERS {
+        for runtime in ["auto", "tract"] {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("out.onnx");
+            let model = model_path("mid_biglogits", exporter);
+            let mut args = vec![arg(&model), "-o", arg(&out)];
+            if runtime == "tract" {
+                args.extend(["--verify-runtime", "tract"]);
+            }
+            let result = cli(&args);
+            let printed = text(&result);
+            assert_eq!(
+                result.status.code(),
+                Some(0),
+                "{exporter} {runtime}: {printed}"
+            );
+            let line = printed
+                .lines()
+                .find(|l| l.contains("original output 'logits'"))
+                .unwrap_or_else(|| panic!("no output check printed: {printed}"));
+            println!("mid_biglogits{exporter} ({runtime}): {line}");
+            assert!(line.ends_with("OK"), "{line}");
+            // Verified from a staging folder that is gone afterwards; only the model is left.
+            let left: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(left, vec!["out.onnx".to_string()]);
+        }
+    }
+}
