@@ -10,12 +10,15 @@
 //!
 //! ONNX has no control edges and runtimes run a node as soon as its inputs exist (ONNX
 //! Runtime ran the recomputations before the first forward scan, storing them after all), so
-//! a recomputation reads its small inputs through [`after`], a copy that exists only once the
-//! backward pass has reached the value that needs it.
+//! a recomputation reads its small inputs through [`after`], an alias that exists only once the
+//! backward pass has reached the value that needs it. Measured on the 130M model at 128 tokens
+//! in ONNX Runtime: peak memory of compile + verify 0.94 GB instead of 1.6 GB, explanation time
+//! within 4% (the recomputed Exp and Mul cost what the forward pass paid for them).
 use std::collections::HashMap;
 
 use crate::error::Result;
 use crate::ir::Graph;
+use crate::onnx::attributes::make_int;
 
 /// Ops a recomputed value may be made of: elementwise and layout ops, cheap per element.
 const RECOMPUTABLE_OPS: &[&str] = &[
@@ -130,14 +133,20 @@ fn rebuild(
     Ok(copy)
 }
 
-/// `value`, copied by a node that also reads `anchor`, so that it is computed only once
-/// `anchor` is: `Where(IsNaN(first element of anchor), value, value)` (both branches are
-/// `value`, so the copy is exact whatever the anchor holds).
+/// `value` as a node that also reads `anchor`'s data, so that it exists only once `anchor`
+/// does: `Reshape(value, Shape(value) + 0 * int(first element of anchor))`. A reshape to its
+/// own shape is free (runtimes alias it), integer arithmetic is exact whatever the anchor
+/// holds, and reading data (not just the shape) keeps runtimes from folding the dependency
+/// away. (`Where(flag, value, value)` did the same but copied: 0.2 s per explanation.)
 fn after(graph: &mut Graph, value: &str, anchor: &str) -> String {
     let flat = graph.const_i64(&[-1]);
     let flat = graph.add_node("Reshape", &[anchor, &flat], vec![]);
-    let first = graph.scalar_i64(0);
+    let first = graph.const_i64(&[0]);
     let element = graph.add_node("Gather", &[&flat, &first], vec![]);
-    let flag = graph.op_unary("IsNaN", &element);
-    graph.add_node("Where", &[&flag, value, value], vec![])
+    let whole = graph.add_node("Cast", &[&element], vec![make_int("to", 7)]);
+    let zero = graph.const_i64(&[0]);
+    let nothing = graph.op_binary("Mul", &whole, &zero);
+    let shape = graph.op_unary("Shape", value);
+    let same = graph.op_binary("Add", &shape, &nothing);
+    graph.add_node("Reshape", &[value, &same], vec![])
 }

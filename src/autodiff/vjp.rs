@@ -271,16 +271,14 @@ pub(super) fn backward(
                         .producer(v)
                         .is_some_and(|(_, p)| p.op_type() == "Constant")
             };
-            // Our own slices with bounds from runtime shapes (the chunked scan's trim to the
-            // sequence length) count the zeros after the slice at run time too; the exporters'
-            // slices keep static amounts (the conv slice is rewritten for --dynamic-seq).
-            let ours = node.name().starts_with("mambalrp/");
-            if !ours
-                || node
-                    .input
-                    .iter()
-                    .skip(1)
-                    .all(|v| v.is_empty() || literal(v))
+            // Bounds written in the graph give static pad amounts; bounds computed from shapes
+            // (the compact scans' trim to the runtime length, the exporters' shape arithmetic)
+            // get their amounts from the runtime shapes, which is right for symbolic axes too.
+            if node
+                .input
+                .iter()
+                .skip(1)
+                .all(|v| v.is_empty() || literal(v))
             {
                 out.push(full(0, graph.op_pad(&g, &before, &after)));
             } else {
@@ -487,8 +485,6 @@ fn alpha_attr(alpha: f32) -> crate::onnx::proto::AttributeProto {
     }
 }
 
-/// `sum(term * g)` per sample: the relevance a constant additive term absorbs. Axis 0 must be
-/// the batch.
 /// The official SiLU identity rule: the SiLU output `s = x * sigmoid(x)` is seen as
 /// `x * c + b` with the frozen multiplier `c = s / st(x)`, `st(x) = x + (1[x = 0] + sign x)·1e-6`
 /// (`= x ± 1e-6`, + for x >= 0), and the frozen remainder `b = s - x * c`, whose relevance
@@ -502,10 +498,20 @@ fn stabilized_silu_backward(
     batch: usize,
 ) -> Result<(String, String)> {
     let (x, silu) = (node.input[x_slot].clone(), node.output[0].clone());
+    // st(x) = x + 1e-6 * (2 * 1[x >= 0] - 1), in x's type: the sign is exactly +-1, so x gets
+    // one rounding, as in the official code. (A Where with scalar branches is slow.)
     let zero = graph.scalar_like(0.0, &x);
-    let negative = graph.op_binary("Less", &x, &zero);
-    let (minus, plus) = (graph.scalar_like(-1e-6, &x), graph.scalar_like(1e-6, &x));
-    let offset = graph.add_node("Where", &[&negative, &minus, &plus], vec![]);
+    let non_negative = graph.op_binary("GreaterOrEqual", &x, &zero);
+    let dtype = graph.dtype_of(&x);
+    let step = graph.add_node("Cast", &[&non_negative], vec![make_int("to", dtype as i64)]);
+    let (two, one, eps) = (
+        graph.scalar_like(2.0, &x),
+        graph.scalar_like(1.0, &x),
+        graph.scalar_like(1e-6, &x),
+    );
+    let doubled = graph.op_binary("Mul", &step, &two);
+    let sign = graph.op_binary("Sub", &doubled, &one);
+    let offset = graph.op_binary("Mul", &sign, &eps);
     let stabilized = graph.op_binary("Add", &x, &offset);
     let multiplier = graph.op_binary("Div", &silu, &stabilized);
     let linear_part = graph.op_binary("Mul", &x, &multiplier);
@@ -517,6 +523,8 @@ fn stabilized_silu_backward(
     Ok((contribution, absorbed))
 }
 
+/// `sum(term * g)` per sample: the relevance a constant additive term absorbs. Axis 0 must be
+/// the batch.
 fn per_sample_dot(
     graph: &mut Graph,
     g: &str,

@@ -314,7 +314,7 @@ impl Graph {
         match node.op_type() {
             "Cast" => attributes::int(node, "to").map(|t| t as i32),
             "Shape" | "ArgMax" | "ArgMin" => Some(7),
-            "Equal" | "Greater" | "Less" | "IsNaN" => Some(9),
+            "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" => Some(9),
             "Where" => node.input.get(1).map(|v| self.dtype_of(v)),
             _ => node.input.first().map(|v| self.dtype_of(v)),
         }

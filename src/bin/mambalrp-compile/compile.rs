@@ -180,13 +180,17 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     if !args.no_verify {
         verify::ensure_runnable(&model)
             .with_context(|| format!("cannot verify {}", model_path.display()))?;
-        let (runtime, reason) = verify::resolve_runtime(args.verify_runtime);
-        let mut folder = StagingFolder::create(output_path)?;
-        let original_view = match runtime {
-            Runtime::Ort => folder.write_view(&mut model, &mapped, "original.onnx")?,
-            Runtime::Tract => model_path.clone(),
-        };
-        staging = Some((folder, runtime, reason, original_view));
+        let (staged, seconds) = phase(&progress, "verifying: staging the original", || {
+            let (runtime, reason) = verify::resolve_runtime(args.verify_runtime);
+            let mut folder = StagingFolder::create(output_path)?;
+            let original_view = match runtime {
+                Runtime::Ort => folder.write_view(&mut model, &mapped, "original.onnx")?,
+                Runtime::Tract => model_path.clone(),
+            };
+            anyhow::Ok((folder, runtime, reason, original_view))
+        });
+        staging = Some(staged?);
+        costs.verify_seconds = seconds;
     }
     let (compiled, seconds) = phase(&progress, "compiling", || compile_owned(model, &options));
     let mut compiled =
@@ -226,14 +230,18 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
                 compiled_source,
                 &inputs,
                 &settings,
-                &|step| progress.set_message(step.to_string()),
+                &|step| {
+                    // What the previous step freed goes back before the next one allocates.
+                    return_freed_memory();
+                    progress.set_message(step.to_string())
+                },
             )
             .context("verification could not run")?;
             Ok(Some(verified))
         },
     );
     let verification = verification?;
-    costs.verify_seconds = seconds;
+    costs.verify_seconds += seconds;
     let runtime = staging
         .take()
         .map(|(_, runtime, reason, _)| (runtime, reason));
