@@ -7,6 +7,7 @@
 //! For each model and scan form: compile time and peak memory (from a `mambalrp-compile` child
 //! process, so each is measured alone), node counts, ONNX Runtime session creation time and
 //! median latency of the original forward and of the compiled model (forward + relevance).
+//! With `--plain`, also the plain command's wall time and peak memory, verification included.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -44,6 +45,10 @@ struct Args {
     /// Folder for the compiled models (default: a temporary folder).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also time the plain command (`mambalrp-compile MODEL -o OUT`, verification included) and
+    /// its peak memory, in a second table.
+    #[arg(long)]
+    plain: bool,
 }
 
 struct Timing {
@@ -159,6 +164,51 @@ fn main() -> anyhow::Result<()> {
                 out.with_file_name(format!("{name}_{scan_name}_lrp.onnx.data")),
             );
         }
+    }
+    if args.plain {
+        plain_table(&compiler, &args.models, &temp)?;
+    }
+    Ok(())
+}
+
+/// The plain command as a new user runs it: wall time and peak memory with verification.
+fn plain_table(compiler: &Path, models: &[PathBuf], temp: &Path) -> anyhow::Result<()> {
+    println!();
+    println!("| model | model MB | plain compile s (verification included) | verified in | peak RSS MB | peak / model |");
+    println!("|---|---|---|---|---|---|");
+    for model_path in models {
+        let name = model_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let out = temp.join(format!("{name}_plain_lrp.onnx"));
+        let report = temp.join(format!("{name}_plain.json"));
+        let start = Instant::now();
+        let status = Command::new(compiler)
+            .arg(model_path)
+            .arg("-o")
+            .arg(&out)
+            .arg("--report")
+            .arg(&report)
+            .output()?;
+        let seconds = start.elapsed().as_secs_f64();
+        if !status.status.success() {
+            bail!(
+                "the plain command failed on {}: {}{}",
+                model_path.display(),
+                String::from_utf8_lossy(&status.stdout),
+                String::from_utf8_lossy(&status.stderr)
+            );
+        }
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+        let peak = json["costs"]["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+        let size = std::fs::metadata(model_path)?.len() as f64 / (1 << 20) as f64;
+        println!(
+            "| {name} | {size:.0} | {seconds:.1} | {} | {peak:.0} | {:.2}x |",
+            json["verification"]["runtime"].as_str().unwrap_or("?"),
+            peak / size
+        );
+        let _ = std::fs::remove_file(&out);
     }
     Ok(())
 }

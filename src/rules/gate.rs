@@ -25,7 +25,16 @@ pub fn find(
                 continue;
             }
             let other = skip_noops(graph, &node.input[1 - slot]);
-            if input_dependent.contains(other) {
+            let gate_input = &silu_products[gate];
+            if !input_dependent.contains(gate_input.as_str()) {
+                // Only `other` carries relevance: the product is already linear, and halving
+                // its gradient would lose half the relevance.
+                matches.rejections.push(Rejection {
+                    rule: Rule::Gate,
+                    node: node.name().to_string(),
+                    reason: format!("multiplies '{other}' by SiLU '{gate}' of '{gate_input}', which does not depend on the input (already linear)"),
+                });
+            } else if input_dependent.contains(other) {
                 matches.sites.push(Site {
                     rule: Rule::Gate,
                     node: node.name().to_string(),

@@ -54,6 +54,13 @@ pub fn model_inputs(
 }
 
 fn main() -> ExitCode {
+    // A closed stdout (`| head`) ends the process quietly, as with other command-line tools,
+    // instead of a panic in println.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Check(args)) => check::run(args),
