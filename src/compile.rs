@@ -71,6 +71,8 @@ pub struct CompileReport {
     pub outputs: Vec<String>,
     /// Element type of the embeddings: the float type the model computes in.
     pub float_type: i32,
+    /// Wall time of each compiler phase, in order.
+    pub phase_seconds: Vec<PhaseTime>,
 }
 
 pub struct Compiled {
@@ -108,202 +110,338 @@ pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
     compile_owned(model.clone(), options)
 }
 
-/// Compiles `model` in place of itself: the weights are never copied.
-pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compiled> {
-    let mut graph = Graph::take_from(&mut model)?;
-    check_versions(&model, &graph)?;
-    let nodes_original = graph.nodes().len();
-    let requested_len = options
-        .chunk_len
-        .unwrap_or_else(|| options.scan.default_chunk_len());
-    let (rerolled_scans, chunk_len) = match options.scan.kind() {
-        Some(kind) => {
-            // Gradient x input needs the states to differentiate through dA and C.
-            let keep_states = !options.rules.contains(rules::Rule::Ssm);
-            let rerolled = reroll(
-                &mut graph,
-                kind,
-                requested_len,
-                keep_states,
-                options.dynamic_sequence,
-            )?;
-            if rerolled.scans > 0 {
-                graph.into_model(&mut model);
-                graph = Graph::take_from(&mut model)?;
-            }
-            (rerolled.scans, rerolled.chunk_len)
-        }
-        None => (0, requested_len),
-    };
-    for name in [
-        emit::RELEVANCE,
-        emit::RELEVANCE_TARGET_LOGIT,
-        emit::RELEVANCE_BIAS,
-        emit::RELEVANCE_EMBEDDING,
-        emit::RELEVANCE_LAYERS,
-        emit::TARGET_INPUT,
-    ] {
-        if graph.producer(name).is_some() || graph.proto.input.iter().any(|i| i.name() == name) {
-            return Err(Error::Unsupported(format!(
-                "the model already has a value named '{name}' (compiled twice?)"
-            )));
-        }
+/// Compiles `model` in place of itself: the weights are never copied. Runs [`PHASES`] in
+/// order, timing each in the report.
+pub fn compile_owned(model: ModelProto, options: &Options) -> Result<Compiled> {
+    let mut run = Compilation::start(model, options)?;
+    let mut phase_seconds = Vec::new();
+    for (name, phase) in PHASES {
+        let start = std::time::Instant::now();
+        phase(&mut run)?;
+        phase_seconds.push(PhaseTime {
+            phase: name,
+            seconds: start.elapsed().as_secs_f64(),
+        });
     }
-    let (embeddings, matches) = find_matches(&graph)?;
-    if matches.count(rules::Rule::Ssm) == 0 {
-        return Err(Error::Unsupported(
-            "no Mamba block found: looked for a selective scan (Softplus(dt_proj(dt)) with dt split from the x_proj \
-             output), SiLU Mul(x, Sigmoid(x)) and RMSNorm x / sqrt(mean(x^2) + eps)"
-                .into(),
-        ));
-    }
-    let mut modifiers = Modifiers {
-        prove_linear: options.rules.is_complete(),
-        ..Default::default()
-    };
-    for site in matches.enabled(&options.rules) {
-        match &site.effect {
-            Effect::StopGradient(edges) => modifiers.stop_edges.extend(edges.iter().copied()),
-            Effect::HalfGradient(node) => {
-                modifiers.half_nodes.insert(*node);
+    let start = std::time::Instant::now();
+    let mut compiled = run.finish()?;
+    phase_seconds.push(PhaseTime {
+        phase: "metadata",
+        seconds: start.elapsed().as_secs_f64(),
+    });
+    compiled.report.phase_seconds = phase_seconds;
+    Ok(compiled)
+}
+
+/// One step of the pipeline over the compilation state.
+pub type Phase = fn(&mut Compilation) -> Result<()>;
+
+/// The compiler's phases, in order (after loading; `metadata` closes the list).
+pub const PHASES: [(&str, Phase); 5] = [
+    ("reroll", Compilation::reroll),
+    ("match", Compilation::match_rules),
+    ("differentiate", Compilation::differentiate),
+    ("outputs", Compilation::emit_outputs),
+    ("dynamic axes", Compilation::dynamic_axes),
+];
+
+/// Wall time of one compiler phase.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhaseTime {
+    pub phase: &'static str,
+    pub seconds: f64,
+}
+
+/// The state the phases pass along.
+pub struct Compilation {
+    options: Options,
+    /// The model without its graph, which `graph` holds while compiling.
+    model: ModelProto,
+    graph: Graph,
+    nodes_original: usize,
+    rerolled_scans: usize,
+    chunk_len: usize,
+    embeddings: String,
+    matches: Matches,
+    modifiers: Modifiers,
+    explained: Option<emit::Explained>,
+    grads: Option<autodiff::Gradients>,
+    /// (value, output name, shape) of each relevance output.
+    outputs: Vec<(String, &'static str, Vec<usize>)>,
+    /// Batch size and sequence length of the embeddings.
+    batch: usize,
+    seq: usize,
+}
+
+impl Compilation {
+    fn start(mut model: ModelProto, options: &Options) -> Result<Compilation> {
+        let graph = Graph::take_from(&mut model)?;
+        check_versions(&model, &graph)?;
+        for name in [
+            emit::RELEVANCE,
+            emit::RELEVANCE_TARGET_LOGIT,
+            emit::RELEVANCE_BIAS,
+            emit::RELEVANCE_EMBEDDING,
+            emit::RELEVANCE_LAYERS,
+            emit::TARGET_INPUT,
+        ] {
+            if graph.producer(name).is_some() || graph.proto.input.iter().any(|i| i.name() == name)
+            {
+                return Err(Error::Unsupported(format!(
+                    "the model already has a value named '{name}' (compiled twice?)"
+                )));
             }
-            Effect::SiluIdentity { product, gate_slot } => {
-                modifiers.stop_edges.insert((*product, *gate_slot));
-                if options.silu_rule == SiluRule::Stabilized {
-                    modifiers.stabilized_silu.insert(*product);
+        }
+        Ok(Compilation {
+            options: options.clone(),
+            nodes_original: graph.nodes().len(),
+            model,
+            graph,
+            rerolled_scans: 0,
+            chunk_len: options
+                .chunk_len
+                .unwrap_or_else(|| options.scan.default_chunk_len()),
+            embeddings: String::new(),
+            matches: Matches::default(),
+            modifiers: Modifiers::default(),
+            explained: None,
+            grads: None,
+            outputs: vec![],
+            batch: 0,
+            seq: 0,
+        })
+    }
+
+    /// Replaces the unrolled selective scans by `Scan`s (unless `--scan unrolled`).
+    fn reroll(&mut self) -> Result<()> {
+        let Some(kind) = self.options.scan.kind() else {
+            return Ok(());
+        };
+        // Gradient x input needs the states to differentiate through dA and C.
+        let keep_states = !self.options.rules.contains(rules::Rule::Ssm);
+        let rerolled = reroll(
+            &mut self.graph,
+            kind,
+            self.chunk_len,
+            keep_states,
+            self.options.dynamic_sequence,
+        )?;
+        if rerolled.scans > 0 {
+            // Rebuilds the indexes and types over the rewritten graph.
+            let graph = std::mem::take(&mut self.graph);
+            graph.into_model(&mut self.model);
+            self.graph = Graph::take_from(&mut self.model)?;
+        }
+        self.rerolled_scans = rerolled.scans;
+        self.chunk_len = rerolled.chunk_len;
+        Ok(())
+    }
+
+    /// Finds the embeddings and the rule sites, and turns the enabled sites into modifiers.
+    fn match_rules(&mut self) -> Result<()> {
+        let (embeddings, matches) = find_matches(&self.graph)?;
+        if matches.count(rules::Rule::Ssm) == 0 {
+            return Err(Error::Unsupported(
+                "no Mamba block found: looked for a selective scan (Softplus(dt_proj(dt)) with dt split from the x_proj \
+                 output), SiLU Mul(x, Sigmoid(x)) and RMSNorm x / sqrt(mean(x^2) + eps)"
+                    .into(),
+            ));
+        }
+        let mut modifiers = Modifiers {
+            prove_linear: self.options.rules.is_complete(),
+            ..Default::default()
+        };
+        for site in matches.enabled(&self.options.rules) {
+            match &site.effect {
+                Effect::StopGradient(edges) => modifiers.stop_edges.extend(edges.iter().copied()),
+                Effect::HalfGradient(node) => {
+                    modifiers.half_nodes.insert(*node);
+                }
+                Effect::SiluIdentity { product, gate_slot } => {
+                    modifiers.stop_edges.insert((*product, *gate_slot));
+                    if self.options.silu_rule == SiluRule::Stabilized {
+                        modifiers.stabilized_silu.insert(*product);
+                    }
                 }
             }
         }
+        let shape = self.graph.shape(&embeddings)?.to_vec();
+        (self.batch, self.seq) = (shape[0], shape[1]);
+        self.embeddings = embeddings;
+        self.matches = matches;
+        self.modifiers = modifiers;
+        Ok(())
     }
 
-    let explained = emit::explain_target(&mut graph, options.target)?;
-    let mut grads = autodiff::differentiate(&mut graph, &embeddings, &explained.seeds, &modifiers)?;
-    let embedding_grad = grads.cotangent(&mut graph, &embeddings)?.ok_or_else(|| {
-        Error::Unsupported(format!(
-            "output '{}' does not depend on the embeddings '{embeddings}'",
-            explained.logits_output
-        ))
-    })?;
-
-    let embedding_dtype = graph.dtype_of(&embeddings);
-    let shape = graph.shape(&embeddings)?.to_vec();
-    let (batch, seq) = (shape[0], shape[1]);
-    // Relevance outputs are float32 whatever the model computes in (products and sums of
-    // float16 values are formed in float32).
-    let per_token = |graph: &mut Graph, value: &str, grad: &str| {
-        let (value, grad) = (graph.op_to_float32(value), graph.op_to_float32(grad));
-        let r = graph.op_binary("Mul", &value, &grad);
-        let tokens = graph.op_reduce_sum(&r, &[-1], false);
-        (r, tokens)
-    };
-    let (relevance_embedding, relevance) = per_token(&mut graph, &embeddings, &embedding_grad);
-    let explained_logit = graph.op_to_float32(&explained.logit);
-    let bias = match grads.bias_terms.as_slice() {
-        [] => graph.op_zeros_like(&explained_logit),
-        terms => graph.op_sum(terms),
-    };
-    let mut outputs = vec![
-        (relevance, emit::RELEVANCE, vec![batch, seq]),
-        (explained_logit, emit::RELEVANCE_TARGET_LOGIT, vec![batch]),
-        (bias, emit::RELEVANCE_BIAS, vec![batch]),
-    ];
-    if options.emit_embedding {
-        outputs.push((
-            relevance_embedding,
-            emit::RELEVANCE_EMBEDDING,
-            shape.clone(),
-        ));
+    /// Seeds the explained logit and emits the relevance pass down to the embeddings.
+    fn differentiate(&mut self) -> Result<()> {
+        let explained = emit::explain_target(&mut self.graph, self.options.target)?;
+        self.grads = Some(autodiff::differentiate(
+            &mut self.graph,
+            &self.embeddings,
+            &explained.seeds,
+            &self.modifiers,
+        )?);
+        self.explained = Some(explained);
+        Ok(())
     }
-    if options.emit_layers {
-        if matches.norm_inputs.is_empty() {
-            return Err(Error::Unsupported(
-                "--emit layers needs the blocks' RMSNorms, and none was found".into(),
+
+    /// Relevance per token (and per embedding and layer, if asked), the explained logit and the
+    /// bias share, as graph outputs.
+    fn emit_outputs(&mut self) -> Result<()> {
+        let (graph, embeddings) = (&mut self.graph, &self.embeddings);
+        let grads = self.grads.as_mut().expect("differentiate ran");
+        let explained = self.explained.as_ref().expect("differentiate ran");
+        let embedding_grad = grads.cotangent(graph, embeddings)?.ok_or_else(|| {
+            Error::Unsupported(format!(
+                "output '{}' does not depend on the embeddings '{embeddings}'",
+                explained.logits_output
+            ))
+        })?;
+        let (batch, seq) = (self.batch, self.seq);
+        let shape = graph.shape(embeddings)?.to_vec();
+        let (relevance_embedding, relevance) = per_token(graph, embeddings, &embedding_grad);
+        let explained_logit = graph.op_to_float32(&explained.logit);
+        let bias = match grads.bias_terms.as_slice() {
+            [] => graph.op_zeros_like(&explained_logit),
+            terms => graph.op_sum(terms),
+        };
+        let mut outputs = vec![
+            (relevance, emit::RELEVANCE, vec![batch, seq]),
+            (explained_logit, emit::RELEVANCE_TARGET_LOGIT, vec![batch]),
+            (bias, emit::RELEVANCE_BIAS, vec![batch]),
+        ];
+        if self.options.emit_embedding {
+            outputs.push((relevance_embedding, emit::RELEVANCE_EMBEDDING, shape));
+        }
+        if self.options.emit_layers {
+            if self.matches.norm_inputs.is_empty() {
+                return Err(Error::Unsupported(
+                    "--emit layers needs the blocks' RMSNorms, and none was found".into(),
+                ));
+            }
+            let mut rows = Vec::new();
+            for value in &self.matches.norm_inputs {
+                let grad = match grads.cotangent(graph, value)? {
+                    Some(g) => g,
+                    None => graph.op_zeros_like(value),
+                };
+                let (_, tokens) = per_token(graph, value, &grad);
+                rows.push(graph.op_unsqueeze(&tokens, &[0]));
+            }
+            let stacked = graph.op_concat(&rows, 0);
+            outputs.push((
+                stacked,
+                emit::RELEVANCE_LAYERS,
+                vec![rows.len(), batch, seq],
             ));
         }
-        let mut rows = Vec::new();
-        for value in &matches.norm_inputs {
-            let grad = match grads.cotangent(&mut graph, value)? {
-                Some(g) => g,
-                None => graph.op_zeros_like(value),
-            };
-            let (_, tokens) = per_token(&mut graph, value, &grad);
-            rows.push(graph.op_unsqueeze(&tokens, &[0]));
+        for (value, name, shape) in &outputs {
+            emit::add_output(graph, value, name, shape);
         }
-        let stacked = graph.op_concat(&rows, 0);
-        outputs.push((
-            stacked,
-            emit::RELEVANCE_LAYERS,
-            vec![rows.len(), batch, seq],
-        ));
+        topo::remove_dead_nodes(graph, |n| n.name().starts_with("mambalrp/"))?;
+        self.outputs = outputs;
+        Ok(())
     }
-    for (value, name, shape) in &outputs {
-        emit::add_output(&mut graph, value, name, shape);
-    }
-    topo::remove_dead_nodes(&mut graph, |n| n.name().starts_with("mambalrp/"))?;
-    if options.dynamic_sequence || options.dynamic_batch {
-        let ssm_sites = matches.count(rules::Rule::Ssm);
-        if rerolled_scans < ssm_sites {
-            return Err(Error::Unsupported(format!(
-                "--dynamic-seq/--dynamic-batch need every selective scan re-rolled ({rerolled_scans} of {ssm_sites} were; use --scan rolled)"
-            )));
-        }
-        let token_inputs: Vec<String> = match graph.producer(&embeddings) {
-            Some((_, gather)) => vec![gather.input[1].clone()],
-            None => vec![embeddings.clone()],
-        };
-        if options.dynamic_sequence {
-            emit::make_sequence_symbolic(&mut graph, seq, &token_inputs)?;
-        }
-        if options.dynamic_batch {
-            let mut batch_inputs = token_inputs.clone();
-            if options.target == TargetMode::Input {
-                batch_inputs.push(emit::TARGET_INPUT.to_string());
-            }
-            emit::make_batch_symbolic(&mut graph, batch, &batch_inputs, &token_inputs[0])?;
-        }
-        // Constants the rewrites replaced are now unused.
-        topo::remove_dead_nodes(&mut graph, |n| n.op_type() == "Constant")?;
-    }
-    remove_unused_constants(&mut graph);
 
-    let sites: Vec<String> = matches.enabled(&options.rules).map(|s| s.label()).collect();
-    let mut site_counts = BTreeMap::new();
-    for site in matches.enabled(&options.rules) {
-        *site_counts.entry(site.rule.name().to_string()).or_insert(0) += 1;
+    /// Makes the sequence and/or batch axes symbolic, if asked.
+    fn dynamic_axes(&mut self) -> Result<()> {
+        let options = &self.options;
+        if options.dynamic_sequence || options.dynamic_batch {
+            let ssm_sites = self.matches.count(rules::Rule::Ssm);
+            if self.rerolled_scans < ssm_sites {
+                return Err(Error::Unsupported(format!(
+                    "--dynamic-seq/--dynamic-batch need every selective scan re-rolled ({} of {ssm_sites} were; use --scan rolled)",
+                    self.rerolled_scans
+                )));
+            }
+            let graph = &mut self.graph;
+            let token_inputs: Vec<String> = match graph.producer(&self.embeddings) {
+                Some((_, gather)) => vec![gather.input[1].clone()],
+                None => vec![self.embeddings.clone()],
+            };
+            if options.dynamic_sequence {
+                emit::make_sequence_symbolic(graph, self.seq, &token_inputs)?;
+            }
+            if options.dynamic_batch {
+                let mut batch_inputs = token_inputs.clone();
+                if options.target == TargetMode::Input {
+                    batch_inputs.push(emit::TARGET_INPUT.to_string());
+                }
+                emit::make_batch_symbolic(graph, self.batch, &batch_inputs, &token_inputs[0])?;
+            }
+            // Constants the rewrites replaced are now unused.
+            topo::remove_dead_nodes(graph, |n| n.op_type() == "Constant")?;
+        }
+        remove_unused_constants(&mut self.graph);
+        Ok(())
     }
-    let report = CompileReport {
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        rules: options.rules.to_string(),
-        silu_rule: options.silu_rule,
-        target: options.target,
-        site_counts,
-        sites,
-        rejected_candidates: matches
-            .rejections
-            .iter()
-            .map(|r| format!("{} '{}': {}", r.rule.name(), r.node, r.reason))
-            .collect(),
-        blocks: matches.norm_inputs.len().saturating_sub(1),
-        scan: if rerolled_scans > 0 {
-            options.scan
-        } else {
-            ScanForm::Unrolled
-        },
-        chunk_len: (rerolled_scans > 0).then_some(chunk_len),
-        rerolled_scans,
-        nodes_original,
-        nodes_compiled: graph.nodes().len(),
-        batch_size: batch,
-        sequence_length: seq,
-        relevance_path_nodes: grads.path_nodes,
-        opset: graph.opset,
-        outputs: outputs.iter().map(|(_, n, _)| n.to_string()).collect(),
-        float_type: embedding_dtype,
-    };
-    let mut compiled = model;
-    graph.into_model(&mut compiled);
+
+    /// The report, and the model with its graph back and the metadata recorded.
+    fn finish(self) -> Result<Compiled> {
+        let Compilation {
+            options,
+            mut model,
+            graph,
+            matches,
+            ..
+        } = self;
+        let sites: Vec<String> = matches.enabled(&options.rules).map(|s| s.label()).collect();
+        let mut site_counts = BTreeMap::new();
+        for site in matches.enabled(&options.rules) {
+            *site_counts.entry(site.rule.name().to_string()).or_insert(0) += 1;
+        }
+        let rerolled = self.rerolled_scans > 0;
+        let report = CompileReport {
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            rules: options.rules.to_string(),
+            silu_rule: options.silu_rule,
+            target: options.target,
+            site_counts,
+            sites,
+            rejected_candidates: matches
+                .rejections
+                .iter()
+                .map(|r| format!("{} '{}': {}", r.rule.name(), r.node, r.reason))
+                .collect(),
+            blocks: matches.norm_inputs.len().saturating_sub(1),
+            scan: if rerolled {
+                options.scan
+            } else {
+                ScanForm::Unrolled
+            },
+            chunk_len: rerolled.then_some(self.chunk_len),
+            rerolled_scans: self.rerolled_scans,
+            nodes_original: self.nodes_original,
+            nodes_compiled: graph.nodes().len(),
+            batch_size: self.batch,
+            sequence_length: self.seq,
+            relevance_path_nodes: self.grads.as_ref().map_or(0, |g| g.path_nodes),
+            opset: graph.opset,
+            outputs: self.outputs.iter().map(|(_, n, _)| n.to_string()).collect(),
+            float_type: graph.dtype_of(&self.embeddings),
+            phase_seconds: vec![],
+        };
+        graph.into_model(&mut model);
+        record_metadata(&mut model, &report, &options);
+        Ok(Compiled { model, report })
+    }
+}
+
+/// Relevance of `value` (float32): per element, and summed over its last axis (per token).
+fn per_token(graph: &mut Graph, value: &str, grad: &str) -> (String, String) {
+    // Relevance outputs are float32 whatever the model computes in (products and sums of
+    // float16 values are formed in float32).
+    let (value, grad) = (graph.op_to_float32(value), graph.op_to_float32(grad));
+    let r = graph.op_binary("Mul", &value, &grad);
+    let tokens = graph.op_reduce_sum(&r, &[-1], false);
+    (r, tokens)
+}
+
+/// Records the tool, the rules, the sites and the traced sizes in `metadata_props`.
+fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Options) {
     emit::add_metadata(
-        &mut compiled,
+        model,
         &[
             ("mambalrp.version", report.tool_version.clone()),
             (
@@ -314,7 +452,7 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
                 },
             ),
             ("mambalrp.rules", report.rules.clone()),
-            (emit::SILU_RULE_KEY, silu_rule_metadata(&report)),
+            (emit::SILU_RULE_KEY, silu_rule_metadata(report)),
             (emit::BLOCKS_KEY, report.blocks.to_string()),
             (
                 "mambalrp.target",
@@ -333,13 +471,17 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
     );
     let mut dynamic = Vec::new();
     if options.dynamic_batch {
-        dynamic.push((crate::ir::BATCH_AXIS, crate::ir::BATCH_SIZE_KEY, batch));
+        dynamic.push((
+            crate::ir::BATCH_AXIS,
+            crate::ir::BATCH_SIZE_KEY,
+            report.batch_size,
+        ));
     }
     if options.dynamic_sequence {
         dynamic.push((
             crate::ir::SEQUENCE_AXIS,
             crate::ir::SEQUENCE_LENGTH_KEY,
-            seq,
+            report.sequence_length,
         ));
     }
     if !dynamic.is_empty() {
@@ -350,12 +492,8 @@ pub fn compile_owned(mut model: ModelProto, options: &Options) -> Result<Compile
                 .iter()
                 .map(|(_, key, traced)| (*key, traced.to_string())),
         );
-        emit::add_metadata(&mut compiled, &entries);
+        emit::add_metadata(model, &entries);
     }
-    Ok(Compiled {
-        model: compiled,
-        report,
-    })
 }
 
 /// The SiLU rule in force, or why none is (no SiLU rule in the rule set).

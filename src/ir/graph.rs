@@ -34,6 +34,9 @@ pub const BATCH_AXIS: &str = "batch";
 /// Metadata key recording the batch size such a model was traced at.
 pub const BATCH_SIZE_KEY: &str = "mambalrp.traced_batch_size";
 
+/// A model's main graph with its indexes. `Default` is an empty graph (a placeholder while a
+/// pass round-trips the real one through its proto).
+#[derive(Default)]
 pub struct Graph {
     pub proto: GraphProto,
     /// Values of named dims (only the traced sequence length, for `--dynamic-seq` models).
