@@ -82,17 +82,29 @@ pub(super) fn recomputed(
     if !recomputable(graph, value, 0) {
         return Ok(value.to_string());
     }
-    let mut leaves = HashMap::new();
-    rebuild(graph, value, anchor, cache, &mut leaves)
+    let mut late = LateInputs {
+        anchor,
+        zero: None,
+        copies: HashMap::new(),
+    };
+    rebuild(graph, value, cache, &mut late)
+}
+
+/// The small inputs of one recomputation, read after its anchor.
+struct LateInputs<'a> {
+    anchor: &'a str,
+    /// `0 * int(first element of anchor)`, built once for all inputs.
+    zero: Option<String>,
+    /// Input -> its late copy.
+    copies: HashMap<String, String>,
 }
 
 /// Clones the ops that make `value`, reading its smaller inputs through [`after`].
 fn rebuild(
     graph: &mut Graph,
     value: &str,
-    anchor: &str,
     cache: &mut HashMap<String, String>,
-    leaves: &mut HashMap<String, String>,
+    late: &mut LateInputs,
 ) -> Result<String> {
     if let Some(done) = cache.get(value) {
         return Ok(done.clone());
@@ -107,16 +119,9 @@ fn rebuild(
         inputs.push(if input.is_empty() || graph.is_constant(input) {
             input.clone()
         } else if numel(graph, input) == Some(size) {
-            rebuild(graph, input, anchor, cache, leaves)?
+            rebuild(graph, input, cache, late)?
         } else {
-            match leaves.get(input) {
-                Some(late) => late.clone(),
-                None => {
-                    let late = after(graph, input, anchor);
-                    leaves.insert(input.clone(), late.clone());
-                    late
-                }
-            }
+            after(graph, input, late)
         });
     }
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
@@ -140,15 +145,27 @@ fn rebuild(
 /// values ordered this way are the small inputs of a recomputation, so the copy is cheap. (A
 /// `Where(flag, value, value)` with a scalar flag cost ONNX Runtime 0.2 s per explanation, and
 /// tract accepts no `Reshape` to a computed shape.)
-fn after(graph: &mut Graph, value: &str, anchor: &str) -> String {
-    let flat = graph.const_i64(&[-1]);
-    let flat = graph.add_node("Reshape", &[anchor, &flat], vec![]);
-    let first = graph.scalar_i64(0);
-    let element = graph.add_node("Gather", &[&flat, &first], vec![]);
-    let whole = graph.add_node("Cast", &[&element], vec![make_int("to", 7)]);
-    let zero = graph.scalar_i64(0);
-    let nothing = graph.op_binary("Mul", &whole, &zero);
+fn after(graph: &mut Graph, value: &str, late: &mut LateInputs) -> String {
+    if let Some(copy) = late.copies.get(value) {
+        return copy.clone();
+    }
+    let zero = match &late.zero {
+        Some(zero) => zero.clone(),
+        None => {
+            let flat = graph.const_i64(&[-1]);
+            let flat = graph.add_node("Reshape", &[late.anchor, &flat], vec![]);
+            let first = graph.scalar_i64(0);
+            let element = graph.add_node("Gather", &[&flat, &first], vec![]);
+            let whole = graph.add_node("Cast", &[&element], vec![make_int("to", 7)]);
+            let zero = graph.scalar_i64(0);
+            let zero = graph.op_binary("Mul", &whole, &zero);
+            late.zero = Some(zero.clone());
+            zero
+        }
+    };
     let dtype = graph.dtype_of(value);
-    let nothing = graph.add_node("Cast", &[&nothing], vec![make_int("to", dtype as i64)]);
-    graph.op_binary("Add", value, &nothing)
+    let nothing = graph.add_node("Cast", &[&zero], vec![make_int("to", dtype as i64)]);
+    let copy = graph.op_binary("Add", value, &nothing);
+    late.copies.insert(value.to_string(), copy.clone());
+    copy
 }

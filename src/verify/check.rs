@@ -102,13 +102,7 @@ pub fn check(
         let worst = samples
             .iter()
             .map(|s| s.relative_residual)
-            .fold(0.0f32, |m, r| {
-                if r.is_nan() || m.is_nan() {
-                    f32::NAN
-                } else {
-                    m.max(r)
-                }
-            });
+            .fold(0.0f32, super::contract::max_or_nan);
         failed.push(not_conserved(worst, tolerance));
     }
     Ok(CheckReport {

@@ -218,7 +218,7 @@ fn compare_output(
 }
 
 /// The larger of two values, NaN if either is (f32::max would drop a NaN).
-fn max_or_nan(a: f32, b: f32) -> f32 {
+pub(super) fn max_or_nan(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else {
