@@ -9,6 +9,7 @@ pub mod emit;
 pub mod error;
 pub mod ir;
 pub mod onnx;
+pub mod ops;
 pub mod reroll;
 pub mod rules;
 pub mod verify;

@@ -1,33 +1,12 @@
 //! The proof obligation of MambaLRP mode: with all rules applied, every node on the relevance
 //! path must be linear in its relevance-carrying inputs, so relevance is conserved (Euler).
+//! Each op's class is declared in its registration (`crate::ops`), next to its VJP.
 use std::collections::HashSet;
 
 use super::Modifiers;
 use crate::error::{Error, Result};
 use crate::ir::Graph;
-
-const LINEAR_OPS: &[&str] = &[
-    "Add",
-    "Sub",
-    "Neg",
-    "Sum",
-    "Slice",
-    "Split",
-    "Concat",
-    "Gather",
-    "Unsqueeze",
-    "Squeeze",
-    "Reshape",
-    "Flatten",
-    "Transpose",
-    "Expand",
-    "Cast",
-    "Identity",
-    "ReduceSum",
-    "ReduceMean",
-    "Where",
-    "Pad",
-];
+use crate::ops::Linearity;
 
 pub fn check(
     graph: &Graph,
@@ -36,45 +15,43 @@ pub fn check(
     modifiers: &Modifiers,
 ) -> Result<()> {
     let node = graph.node(index);
-    let carried: Vec<&str> = node
+    let carried: Vec<usize> = node
         .input
         .iter()
         .enumerate()
         .filter(|(slot, name)| {
             carrying.contains(*name) && !modifiers.stop_edges.contains(&(index, *slot))
         })
-        .map(|(_, name)| name.as_str())
+        .map(|(slot, _)| slot)
         .collect();
-    let fail = |why: String| {
-        Err(Error::NotLinear {
-            node: node.name().to_string(),
-            op: node.op_type().to_string(),
-            why,
-        })
-    };
-    match node.op_type() {
-        op if LINEAR_OPS.contains(&op) => Ok(()),
-        "Mul" if carried.len() == 2 && modifiers.half_nodes.contains(&index) => Ok(()),
-        "Mul" | "MatMul" | "Gemm" | "Conv" if carried.len() >= 2 => fail(format!(
-            "multiplies two relevance-carrying tensors ('{}' and '{}') and no rule (SiLU, gate, SSM) covers the product",
-            carried[0], carried[1]
-        )),
-        "Conv" | "Gemm" if !carried.contains(&node.input[0].as_str()) => {
-            fail("carries relevance through its weights, which is not linear in the input".into())
+    let name = |slot: usize| node.input[slot].as_str();
+    let class = graph
+        .op(index)
+        .def()
+        .map_or(Linearity::NonLinear, |def| def.linearity);
+    let verdict = match class {
+        Linearity::Linear => Ok(()),
+        Linearity::Bilinear if carried.len() >= 2 && !modifiers.half_nodes.contains(&index) => {
+            Err(format!(
+                "multiplies two relevance-carrying tensors ('{}' and '{}') and no rule (SiLU, gate, SSM) covers the product",
+                name(carried[0]),
+                name(carried[1])
+            ))
         }
-        "Mul" | "MatMul" | "Gemm" | "Conv" => Ok(()),
-        "Scan" if crate::reroll::is_forward_scan(node) => {
-            if carried.iter().all(|c| *c == node.input[0] || *c == node.input[2]) {
-                Ok(())
-            } else {
-                fail("carries relevance through dA or C of the selective scan, which the SSM rule freezes".into())
-            }
-        }
-        "Div" if !carried.contains(&node.input[1].as_str()) => Ok(()),
-        "Div" => fail(format!("divides by the relevance-carrying tensor '{}' and no norm rule covers it", node.input[1])),
-        _ => fail(format!(
+        Linearity::Bilinear => Ok(()),
+        Linearity::LinearIn { slots, why } => match carried.iter().find(|s| !slots.contains(s)) {
+            Some(&slot) => Err(format!("{why} ('{}')", name(slot))),
+            None => Ok(()),
+        },
+        Linearity::Decided(decide) => decide(graph, node, &carried),
+        Linearity::NonLinear => Err(format!(
             "is non-linear in '{}' and no MambaLRP rule covers it",
-            carried.first().copied().unwrap_or("?")
+            carried.first().map_or("?", |&slot| name(slot))
         )),
-    }
+    };
+    verdict.map_err(|why| Error::NotLinear {
+        node: node.name().to_string(),
+        op: node.op_type().to_string(),
+        why,
+    })
 }

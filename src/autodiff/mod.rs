@@ -3,8 +3,7 @@
 //! act here: stop-gradient edges carry nothing back, half-gradient products halve their input.
 mod linearity;
 mod path;
-mod remat;
-mod vjp;
+pub(crate) mod remat;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -12,6 +11,7 @@ pub use path::input_dependent;
 
 use crate::error::{Error, Result};
 use crate::ir::Graph;
+use crate::ops::{Step, Vjp};
 
 /// How the relevance pass treats the graph.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +29,7 @@ pub struct Modifiers {
 
 /// A gradient contribution to one value from one consumer.
 #[derive(Debug, Clone)]
-pub(crate) enum Contribution {
+pub enum Contribution {
     Full(String),
     /// The gradient of the slice `value[.., index, ..]` (axis `axis`), from a scalar-index Gather.
     Piece {
@@ -79,7 +79,7 @@ pub fn differentiate(
     let mut recomputed = HashMap::new();
     for &index in path_nodes.iter().rev() {
         let node = graph.node(index).clone();
-        crate::ir::shapes::check_node_types(graph, &node)?;
+        crate::ir::shapes::check_node_types(graph, index)?;
         let out_grads: Vec<Option<String>> = node
             .output
             .iter()
@@ -96,15 +96,29 @@ pub fn differentiate(
                 carrying.contains(name) && !modifiers.stop_edges.contains(&(index, slot))
             })
             .collect();
-        let step = vjp::Step {
+        let op = graph.op(index).clone();
+        let rule = op
+            .def()
+            .and_then(|def| def.vjp)
+            .ok_or_else(|| Error::NoVjp {
+                node: node.name().to_string(),
+                op: node.op_type().to_string(),
+                detail: String::new(),
+            })?;
+        let mut step = Step {
             node: &node,
+            attrs: op.attrs(),
             carries: &carries,
             out_grads: &out_grads,
             half: modifiers.half_nodes.contains(&index),
             stabilized_silu: modifiers.stabilized_silu.contains(&index),
             batch,
+            recomputed: &mut recomputed,
         };
-        let (contributions, bias) = vjp::backward(graph, &step, &mut recomputed)?;
+        let Vjp {
+            contributions,
+            bias,
+        } = rule(graph, &mut step)?;
         for (slot, contribution) in contributions {
             grads
                 .pending

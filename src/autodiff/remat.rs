@@ -20,26 +20,6 @@ use crate::error::Result;
 use crate::ir::Graph;
 use crate::onnx::attributes::make_int;
 
-/// Ops a recomputed value may be made of: elementwise and layout ops, cheap per element.
-const RECOMPUTABLE_OPS: &[&str] = &[
-    "Exp",
-    "Neg",
-    "Cast",
-    "Identity",
-    "Sigmoid",
-    "Softplus",
-    "Mul",
-    "Add",
-    "Sub",
-    "Div",
-    "Reshape",
-    "Unsqueeze",
-    "Squeeze",
-    "Transpose",
-    "Expand",
-    "Pad",
-];
-
 /// How many ops deep a recomputation may reach.
 const MAX_DEPTH: usize = 6;
 
@@ -52,13 +32,14 @@ fn recomputable(graph: &Graph, value: &str, depth: usize) -> bool {
     if depth > MAX_DEPTH {
         return false;
     }
-    let Some((_, node)) = graph.producer(value) else {
+    let Some((index, node)) = graph.producer(value) else {
         return false;
     };
     let Some(size) = numel(graph, value) else {
         return false;
     };
-    RECOMPUTABLE_OPS.contains(&node.op_type())
+    // Ops registered as cheap per element (elementwise and layout ops).
+    graph.op(index).def().is_some_and(|def| def.recomputable)
         && node.output.len() == 1
         && node.input.iter().all(|input| {
             input.is_empty()
@@ -70,7 +51,7 @@ fn recomputable(graph: &Graph, value: &str, depth: usize) -> bool {
 /// `value`, or a recomputation of it when it is large and made from smaller values (see the
 /// module doc). Recomputed values are cached, so each is rebuilt once per backward pass.
 /// `anchor` is a backward value the use depends on anyway: the recomputation runs after it.
-pub(super) fn recomputed(
+pub(crate) fn recomputed(
     graph: &mut Graph,
     value: &str,
     anchor: &str,

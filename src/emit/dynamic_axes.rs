@@ -3,9 +3,9 @@
 //! them in is the causal Conv's `Slice` (ends = S), the zero initial SSM state ([B, D, N]) and
 //! the declared shapes. These passes rewrite those and name the axes.
 use crate::error::{Error, Result};
-use crate::ir::shapes::slice_spec;
 use crate::ir::{Graph, BATCH_AXIS, SEQUENCE_AXIS};
 use crate::onnx::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, ValueInfoProto};
+use crate::ops::slice_spec;
 use crate::rules::skip_noops;
 
 /// Makes the sequence axis (length `traced`) symbolic. `inputs` are the graph inputs with a
@@ -27,7 +27,7 @@ pub fn make_sequence_symbolic(graph: &mut Graph, traced: usize, inputs: &[String
         if shape.len() != 3 {
             continue;
         }
-        let spec = slice_spec(graph, node, &shape)?;
+        let spec = slice_spec(graph, node, graph.op(index).attrs(), &shape)?;
         let overhang = shape[2].checked_sub(traced).filter(|&k| k > 0);
         match (spec.as_slice(), overhang) {
             ([(2, 0, end, 1)], Some(k)) if *end as usize == traced => rewrites.push((index, k)),

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::tensor::{tensor_from_proto, validate_tensor};
 use crate::onnx::{attributes, Tensor};
+use crate::ops::Op;
 
 /// Constants above this many elements are never decoded: the compiler only needs small ones
 /// (axes, indices, exponents, eps) and must not copy the weights.
@@ -46,6 +47,8 @@ pub struct Graph {
     pub(super) types: HashMap<String, ValueType>,
     pub(super) constants: HashMap<String, Tensor>,
     initializer_names: HashSet<String>,
+    /// Each node's op, parsed once when the node is indexed (parallel to `proto.node`).
+    ops: Vec<Op>,
     producers: HashMap<String, (usize, usize)>,
     consumers: HashMap<String, Vec<(usize, usize)>>,
     used_names: HashSet<String>,
@@ -100,6 +103,7 @@ impl Graph {
             types: HashMap::new(),
             constants: HashMap::new(),
             initializer_names: HashSet::new(),
+            ops: Vec::new(),
             producers: HashMap::new(),
             consumers: HashMap::new(),
             used_names: HashSet::new(),
@@ -157,6 +161,7 @@ impl Graph {
 
     /// Rebuilds the producer and consumer indexes after nodes were removed.
     pub fn reindex(&mut self) {
+        self.ops.clear();
         self.producers.clear();
         self.consumers.clear();
         for index in 0..self.proto.node.len() {
@@ -167,7 +172,9 @@ impl Graph {
 
     fn index_node(&mut self, index: usize) -> Result<()> {
         let node = &self.proto.node[index];
-        super::arity::check(node, self.opset)?;
+        let op = Op::parse(node, self.opset)?;
+        self.ops.truncate(index);
+        self.ops.push(op);
         self.used_names.insert(node.name().to_string());
         for (slot, output) in node.output.iter().enumerate() {
             if output.is_empty() {
@@ -202,6 +209,11 @@ impl Graph {
 
     pub fn node(&self, index: usize) -> &NodeProto {
         &self.proto.node[index]
+    }
+
+    /// The parsed op of node `index`.
+    pub fn op(&self, index: usize) -> &Op {
+        &self.ops[index]
     }
 
     pub fn producer(&self, value: &str) -> Option<(usize, &NodeProto)> {
@@ -308,8 +320,30 @@ impl Graph {
         }
         self.proto.node.push(node);
         let index = self.proto.node.len() - 1;
-        self.index_node(index).expect("fresh names are unique");
+        self.index_node(index)
+            .expect("nodes the compiler builds are well-formed and freshly named");
+        self.type_new_node(index);
         outputs
+    }
+
+    /// Records the types (and any compile-time value) of a node just added, as loading would
+    /// have: later passes may read its shape without a reload.
+    fn type_new_node(&mut self, index: usize) {
+        let node = &self.proto.node[index];
+        if let Ok(types) = self.ops[index].infer(self, node) {
+            let typed: Vec<(String, ValueType)> = node
+                .output
+                .iter()
+                .zip(types)
+                .filter_map(|(name, t)| Some((name.clone(), t?)))
+                .collect();
+            self.types.extend(typed);
+        }
+        let node = &self.proto.node[index];
+        if let Ok(Some(value)) = self.ops[index].fold(self, node) {
+            let output = node.output[0].clone();
+            self.constants.insert(output, value);
+        }
     }
 
     /// Element type of a node the compiler creates, from its op and inputs.
@@ -400,28 +434,5 @@ impl Graph {
 
     pub fn scalar_i64(&mut self, value: i64) -> String {
         self.add_constant(Tensor::I64(ndarray::arr0(value).into_dyn()))
-    }
-
-    /// Reads an integer attribute, or the matching constant input for opsets that moved the
-    /// attribute to an input (axes of Unsqueeze/Squeeze/Reduce*, split of Split).
-    pub fn ints_attr_or_input(
-        &self,
-        node: &NodeProto,
-        attr: &str,
-        input: usize,
-    ) -> Result<Option<Vec<i64>>> {
-        if let Some(values) = attributes::ints(node, attr) {
-            return Ok(Some(values));
-        }
-        match node.input.get(input).filter(|s| !s.is_empty()) {
-            None => Ok(None),
-            Some(name) => match self.constant(name) {
-                Some(t) => Ok(Some(t.to_i64_vec())),
-                None => Err(Error::node(
-                    node,
-                    format!("input '{name}' ({attr}) must be a compile-time constant"),
-                )),
-            },
-        }
     }
 }

@@ -1,0 +1,286 @@
+//! Linear layers: MatMul, Gemm and Conv.
+use super::attrs::{self, Attrs, ConvAttrs};
+use super::support::{broadcast, input_type, one, per_sample_dot};
+use super::{Arity, Linearity, OpDef, Step, Vjp};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, ValueType};
+use crate::onnx::attributes::{make_int, make_ints};
+use crate::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto};
+
+const WEIGHTS: &str = "carries relevance through its weights, which is not linear in the input";
+
+pub(super) static OPS: &[OpDef] = &[
+    OpDef::new("MatMul", Arity::new(2, 1), infer_matmul).with_vjp(Linearity::Bilinear, matmul_back),
+    OpDef::new("Gemm", Arity::new(2, 1), infer_gemm)
+        .with_parse(attrs::gemm)
+        .with_vjp(
+            Linearity::LinearIn {
+                slots: &[0, 2],
+                why: WEIGHTS,
+            },
+            gemm_back,
+        ),
+    OpDef::new("Conv", Arity::new(2, 1), infer_conv)
+        .with_parse(attrs::conv)
+        .with_vjp(
+            Linearity::LinearIn {
+                slots: &[0],
+                why: WEIGHTS,
+            },
+            conv_back,
+        ),
+];
+
+fn infer_matmul(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Vec<Option<ValueType>>> {
+    let (a, b) = (input_type(graph, node, 0)?, input_type(graph, node, 1)?);
+    if a.rank() < 2 || b.rank() < 2 {
+        return Err(Error::node(
+            node,
+            "MatMul with a 1-D operand is not supported",
+        ));
+    }
+    let (m, k) = (a.shape[a.rank() - 2], a.shape[a.rank() - 1]);
+    let (k2, n) = (b.shape[b.rank() - 2], b.shape[b.rank() - 1]);
+    if k != k2 {
+        return Err(Error::node(
+            node,
+            format!(
+                "MatMul inner dimensions differ: {:?} x {:?}",
+                a.shape, b.shape
+            ),
+        ));
+    }
+    let mut shape = broadcast(&a.shape[..a.rank() - 2], &b.shape[..b.rank() - 2])
+        .ok_or_else(|| Error::node(node, "MatMul batch dimensions do not broadcast"))?;
+    shape.extend([m, n]);
+    one(ValueType {
+        dtype: a.dtype,
+        shape,
+    })
+}
+
+fn infer_gemm(graph: &Graph, node: &NodeProto, attrs: &Attrs) -> Result<Vec<Option<ValueType>>> {
+    let Attrs::Gemm(gemm) = attrs else {
+        unreachable!("parsed by attrs::gemm")
+    };
+    let (a, b) = (input_type(graph, node, 0)?, input_type(graph, node, 1)?);
+    if a.rank() != 2 || b.rank() != 2 {
+        return Err(Error::node(node, "Gemm operands must be matrices"));
+    }
+    let m = if gemm.trans_a { a.shape[1] } else { a.shape[0] };
+    let n = if gemm.trans_b { b.shape[0] } else { b.shape[1] };
+    one(ValueType {
+        dtype: a.dtype,
+        shape: vec![m, n],
+    })
+}
+
+fn infer_conv(graph: &Graph, node: &NodeProto, attrs: &Attrs) -> Result<Vec<Option<ValueType>>> {
+    let Attrs::Conv(conv) = attrs else {
+        unreachable!("parsed by attrs::conv")
+    };
+    let (x, w) = (input_type(graph, node, 0)?, input_type(graph, node, 1)?);
+    let spatial = x.rank().saturating_sub(2);
+    if w.rank() != x.rank() || spatial == 0 {
+        return Err(Error::node(node, "Conv input and weight ranks disagree"));
+    }
+    if conv.auto_pad.is_some() {
+        return Err(Error::node(
+            node,
+            "Conv auto_pad is not supported; export with explicit pads",
+        ));
+    }
+    let (pads, strides, dilations) = conv.geometry(spatial);
+    let group = conv.group;
+    if pads.len() != 2 * spatial || strides.len() != spatial || dilations.len() != spatial {
+        return Err(Error::node(
+            node,
+            "Conv pads, strides or dilations do not match the spatial rank",
+        ));
+    }
+    if strides.iter().chain(&dilations).any(|&v| v < 1) || pads.iter().any(|&p| p < 0) || group < 1
+    {
+        return Err(Error::node(
+            node,
+            "Conv strides, dilations and group must be positive, pads non-negative",
+        ));
+    }
+    if x.shape[1] as i64 != w.shape[1] as i64 * group || w.shape[0] as i64 % group != 0 {
+        return Err(Error::node(
+            node,
+            format!(
+                "Conv channels do not match: input {:?}, weight {:?}, group {group}",
+                x.shape, w.shape
+            ),
+        ));
+    }
+    let mut shape = vec![x.shape[0], w.shape[0]];
+    for i in 0..spatial {
+        let padded = x.shape[2 + i] as i64 + pads[i] + pads[i + spatial];
+        let span = dilations[i] * (w.shape[2 + i] as i64 - 1) + 1;
+        shape.push(((padded - span) / strides[i] + 1).max(0) as usize);
+    }
+    one(ValueType {
+        dtype: x.dtype,
+        shape,
+    })
+}
+
+fn matmul_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
+    let node = step.node;
+    let g = step.grad()?;
+    let out_shape = step.output_shape(graph)?;
+    let (a_shape, b_shape) = (step.input_shape(graph, 0)?, step.input_shape(graph, 1)?);
+    let mut vjp = Vjp::default();
+    if step.carries[0] {
+        let bt = graph.op_transpose_last_two(&node.input[1], b_shape.len());
+        let ga = graph.op_binary("MatMul", &g, &bt);
+        let mut ga_shape = out_shape.clone();
+        *ga_shape.last_mut().expect("rank >= 2") = a_shape[a_shape.len() - 1];
+        vjp.full(0, graph.op_unbroadcast(&ga, &ga_shape, &a_shape)?);
+    }
+    if step.carries[1] {
+        let at = graph.op_transpose_last_two(&node.input[0], a_shape.len());
+        let gb = graph.op_binary("MatMul", &at, &g);
+        let mut gb_shape = out_shape.clone();
+        let r = gb_shape.len();
+        gb_shape[r - 2] = b_shape[b_shape.len() - 2];
+        vjp.full(1, graph.op_unbroadcast(&gb, &gb_shape, &b_shape)?);
+    }
+    Ok(vjp)
+}
+
+fn gemm_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
+    let node = step.node;
+    let &Attrs::Gemm(gemm) = step.attrs else {
+        unreachable!("parsed by attrs::gemm")
+    };
+    let g = step.grad()?;
+    let out_shape = step.output_shape(graph)?;
+    let (ta, tb) = (gemm.trans_a as i64, gemm.trans_b as i64);
+    let product = |graph: &mut Graph, x: &str, y: &str, t1: i64, t2: i64| {
+        graph.add_node(
+            "Gemm",
+            &[x, y],
+            vec![
+                make_int("transA", t1),
+                make_int("transB", t2),
+                alpha_attr(gemm.alpha),
+            ],
+        )
+    };
+    let (a, b) = (node.input[0].clone(), node.input[1].clone());
+    let mut vjp = Vjp::default();
+    if step.carries[0] {
+        let ga = if ta == 0 {
+            product(graph, &g, &b, 0, 1 - tb)
+        } else {
+            product(graph, &b, &g, tb, 1)
+        };
+        vjp.full(0, ga);
+    }
+    if step.carries[1] {
+        let gb = if tb == 0 {
+            product(graph, &a, &g, 1 - ta, 0)
+        } else {
+            product(graph, &g, &a, 1, ta)
+        };
+        vjp.full(1, gb);
+    }
+    if let Some(c) = node.input.get(2).filter(|c| !c.is_empty()) {
+        let scaled = if gemm.beta == 1.0 {
+            g.clone()
+        } else {
+            graph.op_scale(&g, gemm.beta)
+        };
+        if step.carries[2] {
+            let shape = step.input_shape(graph, 2)?;
+            vjp.full(2, graph.op_unbroadcast(&scaled, &out_shape, &shape)?);
+        } else {
+            vjp.bias = Some(per_sample_dot(
+                graph, &scaled, c, &out_shape, step.batch, node,
+            )?);
+        }
+    }
+    Ok(vjp)
+}
+
+fn alpha_attr(alpha: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some("alpha".into()),
+        r#type: Some(AttributeType::Float as i32),
+        f: Some(alpha),
+        ..Default::default()
+    }
+}
+
+fn conv_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
+    let node = step.node;
+    let Attrs::Conv(conv) = step.attrs else {
+        unreachable!("parsed by attrs::conv")
+    };
+    if step.carries.get(1).copied().unwrap_or(false) {
+        return Err(step.unsupported(" (relevance through Conv weights)"));
+    }
+    let g = step.grad()?;
+    let out_shape = step.output_shape(graph)?;
+    let mut vjp = Vjp::default();
+    if step.carries[0] {
+        let x_shape = step.input_shape(graph, 0)?;
+        vjp.full(
+            0,
+            conv_input_gradient(graph, node, conv, &g, &x_shape, &out_shape)?,
+        );
+    }
+    if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
+        let mut bshape = vec![1; out_shape.len()];
+        bshape[1] = out_shape[1];
+        let b4 = graph.op_reshape(b, &bshape);
+        vjp.bias = Some(per_sample_dot(
+            graph, &g, &b4, &out_shape, step.batch, node,
+        )?);
+    }
+    Ok(vjp)
+}
+
+/// Cotangent of a Conv input: the transposed convolution with the same weights.
+fn conv_input_gradient(
+    graph: &mut Graph,
+    node: &NodeProto,
+    conv: &ConvAttrs,
+    g: &str,
+    x_shape: &[usize],
+    y_shape: &[usize],
+) -> Result<String> {
+    let spatial = x_shape.len() - 2;
+    let w_shape = graph.shape(&node.input[1])?.to_vec();
+    let (pads, strides, dilations) = conv.geometry(spatial);
+    let output_padding: Vec<i64> = (0..spatial)
+        .map(|i| {
+            let produced = (y_shape[2 + i] as i64 - 1) * strides[i]
+                + dilations[i] * (w_shape[2 + i] as i64 - 1)
+                + 1
+                - pads[i]
+                - pads[i + spatial];
+            x_shape[2 + i] as i64 - produced
+        })
+        .collect();
+    if output_padding.iter().any(|&p| p < 0) {
+        return Err(Error::node(
+            node,
+            "cannot invert this Conv's shape arithmetic",
+        ));
+    }
+    let kernel: Vec<i64> = w_shape[2..].iter().map(|&k| k as i64).collect();
+    let mut attrs = vec![
+        make_int("group", conv.group),
+        make_ints("kernel_shape", &kernel),
+        make_ints("pads", &pads),
+        make_ints("strides", &strides),
+        make_ints("dilations", &dilations),
+    ];
+    if output_padding.iter().any(|&p| p > 0) {
+        attrs.push(make_ints("output_padding", &output_padding));
+    }
+    Ok(graph.add_node("ConvTranspose", &[g, &node.input[1]], attrs))
+}
