@@ -5,7 +5,7 @@ mod common;
 
 use mambalrp::autodiff::{differentiate, Modifiers};
 use mambalrp::ir::Graph;
-use mambalrp::onnx::attributes::{make_int, make_ints};
+use mambalrp::onnx::attributes::{make_int, make_ints, make_string};
 use mambalrp::onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
 };
@@ -396,7 +396,68 @@ fn cases() -> Vec<Case> {
             vec![],
         ),
         case("sum", "Sum", &s, vec![X, Const(floats(&[4], 9)), X], vec![]),
+        case(
+            "einsum_contract_with_weight",
+            "Einsum",
+            &s,
+            vec![X, Const(floats(&[4, 5], 9))],
+            vec![make_string("equation", "bij,jk->bik")],
+        ),
+        case(
+            "einsum_weight_first_transposed_output",
+            "Einsum",
+            &s,
+            vec![Const(floats(&[5, 4], 9)), X],
+            vec![make_string("equation", "kj,bij->bki")],
+        ),
+        case(
+            "einsum_sum_over_an_axis",
+            "Einsum",
+            &s,
+            vec![X],
+            vec![make_string("equation", "bij->bi")],
+        ),
+        case(
+            "einsum_implicit_output",
+            "Einsum",
+            &s,
+            vec![X, Const(floats(&[3], 9))],
+            vec![make_string("equation", "bij,i")],
+        ),
+        case(
+            "pad_zero_fill",
+            "Pad",
+            &s,
+            vec![X, Const(ints(&[0, 1, 0, 1, 0, 2], &[6]))],
+            vec![],
+        ),
     ]
+}
+
+/// Ops whose VJP is checked by a dedicated test below rather than a one-node case.
+const CHECKED_ELSEWHERE: &[&str] = &["Scan"];
+
+#[test]
+fn every_registered_vjp_has_a_finite_difference_case() {
+    let covered: std::collections::HashSet<&str> = cases()
+        .iter()
+        .map(|c| c.op)
+        .chain(CHECKED_ELSEWHERE.iter().copied())
+        .collect();
+    let missing: Vec<&str> = mambalrp::ops::table()
+        .filter(|def| def.vjp.is_some() && !covered.contains(def.op_type))
+        .map(|def| def.op_type)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ops with a VJP but no finite-difference case: {missing:?}"
+    );
+    for def in mambalrp::ops::table() {
+        let registrations = mambalrp::ops::table()
+            .filter(|other| other.op_type == def.op_type)
+            .count();
+        assert_eq!(registrations, 1, "{} is registered twice", def.op_type);
+    }
 }
 
 #[test]

@@ -32,6 +32,15 @@ pub fn make_int(name: &str, value: i64) -> AttributeProto {
     }
 }
 
+pub fn make_string(name: &str, value: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(value.as_bytes().to_vec().into()),
+        ..Default::default()
+    }
+}
+
 pub fn make_ints(name: &str, values: &[i64]) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),

@@ -46,6 +46,7 @@ pub enum Attrs {
     ConstantOfShape {
         dtype: i32,
     },
+    Einsum(EinsumSpec),
     Scan {
         scan_inputs: usize,
         input_axes: Vec<i64>,
@@ -221,4 +222,71 @@ pub fn scan(node: &NodeProto, _: i64) -> Result<Attrs> {
         input_axes: ints(node, "scan_input_axes").unwrap_or_default(),
         output_axes: ints(node, "scan_output_axes").unwrap_or_default(),
     })
+}
+
+/// An Einsum equation without ellipsis: the subscripts of each operand and of the output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EinsumSpec {
+    pub operands: Vec<Vec<char>>,
+    pub output: Vec<char>,
+}
+
+impl EinsumSpec {
+    /// The equation written back (`ij,jk->ik`).
+    pub fn equation(operands: &[&[char]], output: &[char]) -> String {
+        let terms: Vec<String> = operands.iter().map(|t| t.iter().collect()).collect();
+        format!("{}->{}", terms.join(","), output.iter().collect::<String>())
+    }
+}
+
+pub fn einsum(node: &NodeProto, _: i64) -> Result<Attrs> {
+    let equation =
+        string(node, "equation").ok_or_else(|| Error::node(node, "Einsum without an equation"))?;
+    let equation: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
+    if equation.contains("...") {
+        return Err(Error::node(
+            node,
+            format!("Einsum '{equation}': ellipsis is not supported"),
+        ));
+    }
+    let (inputs, output) = match equation.split_once("->") {
+        Some((inputs, output)) => (inputs.to_string(), Some(output.to_string())),
+        None => (equation.clone(), None),
+    };
+    let operands: Vec<Vec<char>> = inputs.split(',').map(|t| t.chars().collect()).collect();
+    let letters = |t: &[char]| t.iter().all(char::is_ascii_alphabetic);
+    if !operands.iter().all(|t| letters(t)) || operands.len() != node.input.len() {
+        return Err(Error::node(
+            node,
+            format!(
+                "Einsum '{equation}' does not match its {} inputs",
+                node.input.len()
+            ),
+        ));
+    }
+    // Implicit output: the letters used once, in alphabetical order.
+    let output: Vec<char> = match output {
+        Some(o) => o.chars().collect(),
+        None => {
+            let mut once: Vec<char> = operands
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|c| operands.iter().flatten().filter(|d| *d == c).count() == 1)
+                .collect();
+            once.sort_unstable();
+            once
+        }
+    };
+    if !letters(&output)
+        || output
+            .iter()
+            .any(|c| !operands.iter().flatten().any(|d| d == c))
+    {
+        return Err(Error::node(
+            node,
+            format!("Einsum '{equation}' has an output letter no input has"),
+        ));
+    }
+    Ok(Attrs::Einsum(EinsumSpec { operands, output }))
 }

@@ -1,10 +1,10 @@
 //! Linear layers: MatMul, Gemm and Conv.
-use super::attrs::{self, Attrs, ConvAttrs};
+use super::attrs::{self, Attrs, ConvAttrs, EinsumSpec};
 use super::support::{broadcast, input_type, one, per_sample_dot};
 use super::{Arity, Linearity, OpDef, Step, Vjp};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, ValueType};
-use crate::onnx::attributes::{make_int, make_ints};
+use crate::onnx::attributes::{make_int, make_ints, make_string};
 use crate::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto};
 
 const WEIGHTS: &str = "carries relevance through its weights, which is not linear in the input";
@@ -20,6 +20,9 @@ pub(super) static OPS: &[OpDef] = &[
             },
             gemm_back,
         ),
+    OpDef::new("Einsum", Arity::new(1, 1), infer_einsum)
+        .with_parse(attrs::einsum)
+        .with_vjp(Linearity::Bilinear, einsum_back),
     OpDef::new("Conv", Arity::new(2, 1), infer_conv)
         .with_parse(attrs::conv)
         .with_vjp(
@@ -283,4 +286,83 @@ fn conv_input_gradient(
         attrs.push(make_ints("output_padding", &output_padding));
     }
     Ok(graph.add_node("ConvTranspose", &[g, &node.input[1]], attrs))
+}
+
+/// The size of every subscript letter, checked to agree across operands.
+fn einsum_dims(
+    graph: &Graph,
+    node: &NodeProto,
+    spec: &EinsumSpec,
+) -> Result<std::collections::HashMap<char, usize>> {
+    let mut dims = std::collections::HashMap::new();
+    for (i, term) in spec.operands.iter().enumerate() {
+        let shape = input_type(graph, node, i)?.shape;
+        if shape.len() != term.len() {
+            return Err(Error::node(
+                node,
+                format!("Einsum operand {i} has shape {shape:?}, but its subscripts are {term:?}"),
+            ));
+        }
+        for (&letter, &dim) in term.iter().zip(&shape) {
+            if *dims.entry(letter).or_insert(dim) != dim {
+                return Err(Error::node(
+                    node,
+                    format!("Einsum subscript '{letter}' has two sizes"),
+                ));
+            }
+        }
+    }
+    Ok(dims)
+}
+
+fn infer_einsum(graph: &Graph, node: &NodeProto, attrs: &Attrs) -> Result<Vec<Option<ValueType>>> {
+    let Attrs::Einsum(spec) = attrs else {
+        unreachable!("parsed by attrs::einsum")
+    };
+    let dims = einsum_dims(graph, node, spec)?;
+    one(ValueType {
+        dtype: input_type(graph, node, 0)?.dtype,
+        shape: spec.output.iter().map(|c| dims[c]).collect(),
+    })
+}
+
+/// The cotangent of operand i is the Einsum of the output cotangent with the other operands,
+/// written to operand i's subscripts; letters only operand i has (summed away in the forward
+/// pass) are restored by broadcasting.
+fn einsum_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
+    let node = step.node;
+    let Attrs::Einsum(spec) = step.attrs else {
+        unreachable!("parsed by attrs::einsum")
+    };
+    let g = step.grad()?;
+    let mut vjp = Vjp::default();
+    for slot in (0..node.input.len()).filter(|&slot| step.carries[slot]) {
+        let own = &spec.operands[slot];
+        if (1..own.len()).any(|k| own[..k].contains(&own[k])) {
+            return Err(step.unsupported(" (Einsum with a repeated subscript in one operand)"));
+        }
+        let seen_elsewhere = |c: &char| {
+            spec.output.contains(c)
+                || (0..spec.operands.len()).any(|j| j != slot && spec.operands[j].contains(c))
+        };
+        let kept: Vec<char> = own.iter().copied().filter(seen_elsewhere).collect();
+        let mut terms: Vec<&[char]> = vec![&spec.output];
+        let mut values = vec![g.as_str()];
+        for (j, term) in spec.operands.iter().enumerate().filter(|(j, _)| *j != slot) {
+            terms.push(term);
+            values.push(&node.input[j]);
+        }
+        let equation = EinsumSpec::equation(&terms, &kept);
+        let mut grad = graph.add_node("Einsum", &values, vec![make_string("equation", &equation)]);
+        if kept.len() < own.len() {
+            let missing: Vec<i64> = (0..own.len())
+                .filter(|&k| !seen_elsewhere(&own[k]))
+                .map(|k| k as i64)
+                .collect();
+            let unsqueezed = graph.op_unsqueeze(&grad, &missing);
+            grad = graph.op_expand_like(&unsqueezed, &node.input[slot]);
+        }
+        vjp.full(slot, grad);
+    }
+    Ok(vjp)
 }

@@ -19,7 +19,7 @@ pub(crate) mod support;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-pub use attrs::{Attrs, ConvAttrs, GemmAttrs, ReduceAttrs, SplitAttrs};
+pub use attrs::{Attrs, ConvAttrs, EinsumSpec, GemmAttrs, ReduceAttrs, SplitAttrs};
 pub use support::{broadcast, normalize_axis, slice_spec, split_sizes};
 
 use crate::autodiff::Contribution;
