@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use crate::autodiff::{self, Modifiers};
 use crate::emit::{self, TargetMode};
 use crate::error::{Error, Result};
-use crate::ir::{topo, Graph};
+use crate::ir::{topo, Edge, Graph};
 use crate::onnx::proto::ModelProto;
 use crate::reroll::{reroll, ScanForm};
 use crate::rules::{self, Effect, Matches, RuleSet, SiluRule};
@@ -185,8 +185,7 @@ impl Compilation {
             emit::RELEVANCE_LAYERS,
             emit::TARGET_INPUT,
         ] {
-            if graph.producer(name).is_some() || graph.proto.input.iter().any(|i| i.name() == name)
-            {
+            if graph.producer(name).is_some() || graph.declares_input(name) {
                 return Err(Error::Unsupported(format!(
                     "the model already has a value named '{name}' (compiled twice?)"
                 )));
@@ -227,10 +226,8 @@ impl Compilation {
             self.options.dynamic_sequence,
         )?;
         if rerolled.scans > 0 {
-            // Rebuilds the indexes and types over the rewritten graph.
-            let graph = std::mem::take(&mut self.graph);
-            graph.into_model(&mut self.model);
-            self.graph = Graph::take_from(&mut self.model)?;
+            // The new nodes need their static types.
+            self.graph.reanalyse()?;
         }
         self.rerolled_scans = rerolled.scans;
         self.chunk_len = rerolled.chunk_len;
@@ -253,14 +250,14 @@ impl Compilation {
         };
         for site in matches.enabled(&self.options.rules) {
             match &site.effect {
-                Effect::StopGradient(edges) => modifiers.stop_edges.extend(edges.iter().copied()),
+                Effect::StopGradient(edges) => modifiers.stop_edges.extend(edges.iter().cloned()),
                 Effect::HalfGradient(node) => {
-                    modifiers.half_nodes.insert(*node);
+                    modifiers.half_nodes.insert(node.clone());
                 }
                 Effect::SiluIdentity { product, gate_slot } => {
-                    modifiers.stop_edges.insert((*product, *gate_slot));
+                    modifiers.stop_edges.insert(Edge::new(product, *gate_slot));
                     if self.options.silu_rule == SiluRule::Stabilized {
-                        modifiers.stabilized_silu.insert(*product);
+                        modifiers.stabilized_silu.insert(product.clone());
                     }
                 }
             }
@@ -339,7 +336,7 @@ impl Compilation {
         for (value, name, shape) in &outputs {
             emit::add_output(graph, value, name, shape);
         }
-        topo::remove_dead_nodes(graph, |n| n.name().starts_with("mambalrp/"))?;
+        topo::remove_dead_minted_nodes(graph)?;
         self.outputs = outputs;
         Ok(())
     }
@@ -373,7 +370,7 @@ impl Compilation {
             // Constants the rewrites replaced are now unused.
             topo::remove_dead_nodes(graph, |n| n.op_type() == "Constant")?;
         }
-        remove_unused_constants(&mut self.graph);
+        self.graph.remove_unused_minted_initializers();
         Ok(())
     }
 
@@ -503,17 +500,4 @@ fn silu_rule_metadata(report: &CompileReport) -> String {
     } else {
         "none (the silu rule is off)".to_string()
     }
-}
-
-fn remove_unused_constants(graph: &mut Graph) {
-    let used: std::collections::HashSet<String> = graph
-        .proto
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .collect();
-    graph
-        .proto
-        .initializer
-        .retain(|t| !t.name().starts_with("mambalrp/") || used.contains(t.name()));
 }

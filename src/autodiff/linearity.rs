@@ -40,9 +40,7 @@ pub fn check(
         .input
         .iter()
         .enumerate()
-        .filter(|(slot, name)| {
-            carrying.contains(*name) && !modifiers.stop_edges.contains(&(index, *slot))
-        })
+        .filter(|(slot, name)| carrying.contains(*name) && !modifiers.stops(node, *slot))
         .map(|(_, name)| name.as_str())
         .collect();
     let fail = |why: String| {
@@ -54,7 +52,9 @@ pub fn check(
     };
     match node.op_type() {
         op if LINEAR_OPS.contains(&op) => Ok(()),
-        "Mul" if carried.len() == 2 && modifiers.half_nodes.contains(&index) => Ok(()),
+        "Mul" if carried.len() == 2 && modifiers.half_nodes.contains(crate::ir::node_key(node)) => {
+            Ok(())
+        }
         "Mul" | "MatMul" | "Gemm" | "Conv" if carried.len() >= 2 => fail(format!(
             "multiplies two relevance-carrying tensors ('{}' and '{}') and no rule (SiLU, gate, SSM) covers the product",
             carried[0], carried[1]
@@ -63,8 +63,9 @@ pub fn check(
             fail("carries relevance through its weights, which is not linear in the input".into())
         }
         "Mul" | "MatMul" | "Gemm" | "Conv" => Ok(()),
-        "Scan" if crate::reroll::is_forward_scan(node) => {
-            if carried.iter().all(|c| *c == node.input[0] || *c == node.input[2]) {
+        "Scan" if graph.forward_scan_kind(node).is_some() => {
+            let relevance_operands = crate::ir::scan::RELEVANCE_SLOTS.map(|slot| &node.input[slot]);
+            if carried.iter().all(|c| relevance_operands.iter().any(|r| *r == c)) {
                 Ok(())
             } else {
                 fail("carries relevance through dA or C of the selective scan, which the SSM rule freezes".into())

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::Contribution;
 use crate::error::{Error, Result};
+use crate::ir::scan::{self, SelectiveScan};
 use crate::ir::shapes::{normalize_axis, reduction, slice_spec, split_sizes};
 use crate::ir::Graph;
 use crate::onnx::attributes::{self, make_graph, make_int, make_ints};
@@ -38,7 +39,7 @@ pub(super) fn backward(
         detail: detail.to_string(),
     };
     if node.op_type() == "Scan" {
-        let Some(kind) = forward_scan_kind(node) else {
+        let Some(kind) = forward_scan_kind(graph, node) else {
             return Err(no_rule(
                 " (only the selective scans mambalrp re-rolls are differentiated)",
             ));
@@ -601,7 +602,11 @@ fn selective_scan_backward(
     recomputed: &mut HashMap<String, String>,
 ) -> Result<(Contributions, Option<String>)> {
     let node = step.node;
-    let (h0, decay, readout) = (&node.input[0], &node.input[1], &node.input[3]);
+    let (h0, decay, readout) = (
+        &node.input[scan::H0],
+        &node.input[scan::DECAY],
+        &node.input[scan::READOUT],
+    );
     let shape = graph.shape(decay)?.to_vec();
     let &[b, d, _, len, n] = &shape[..] else {
         return Err(Error::node(
@@ -609,9 +614,15 @@ fn selective_scan_backward(
             "selective scan decay must be [B, D, K chunks, L steps, N]",
         ));
     };
-    let grad_state = step.out_grads.first().cloned().flatten();
-    let grad_y = step.out_grads.get(1).cloned().flatten();
-    if step.out_grads.get(2).cloned().flatten().is_some() {
+    let grad_state = step.out_grads.get(scan::LAST_STATE).cloned().flatten();
+    let grad_y = step.out_grads.get(scan::Y).cloned().flatten();
+    if step
+        .out_grads
+        .get(scan::STATES)
+        .cloned()
+        .flatten()
+        .is_some()
+    {
         return Err(Error::node(
             node,
             "gradient into the stored states is not supported",
@@ -620,7 +631,7 @@ fn selective_scan_backward(
     if grad_state.is_none() && grad_y.is_none() {
         return Ok((vec![], None));
     }
-    let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros_like(&node.output[1]));
+    let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros_like(&node.output[scan::Y]));
     let carry = grad_state.unwrap_or_else(|| graph.op_zeros_like(h0));
     let dtype = graph.dtype_of(decay);
     let body = match kind {
@@ -636,9 +647,9 @@ fn selective_scan_backward(
         make_ints("scan_output_directions", &[1]),
     ];
     let decay_again = super::remat::recomputed(graph, decay, &grad_y, recomputed)?;
-    let outs = graph.add_node_named(
+    let outs = graph.add_selective_scan(
         "selective_scan_backward",
-        "Scan",
+        SelectiveScan::backward(kind),
         &[&carry, &grad_y, readout, &decay_again],
         2,
         attrs,
@@ -646,11 +657,11 @@ fn selective_scan_backward(
     let (grad_h0, grad_states) = (outs[0].clone(), outs[1].clone());
     let mut out: Contributions = vec![];
     let mut bias = None;
-    if step.carries[2] {
-        out.push((2, Contribution::Full(grad_states.clone())));
+    if step.carries[scan::INPUT] {
+        out.push((scan::INPUT, Contribution::Full(grad_states.clone())));
     }
-    if step.carries[0] {
-        out.push((0, Contribution::Full(grad_h0)));
+    if step.carries[scan::H0] {
+        out.push((scan::H0, Contribution::Full(grad_h0)));
     } else {
         bias = Some(per_sample_dot(
             graph,
@@ -661,10 +672,10 @@ fn selective_scan_backward(
             node,
         )?);
     }
-    if step.carries[1] || step.carries[3] {
+    if step.carries[scan::DECAY] || step.carries[scan::READOUT] {
         let states = node
             .output
-            .get(2)
+            .get(scan::STATES)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| {
                 Error::node(
@@ -672,7 +683,7 @@ fn selective_scan_backward(
                     "dA or C carries relevance but the scan keeps no states (re-roll with states)",
                 )
             })?;
-        if step.carries[1] {
+        if step.carries[scan::DECAY] {
             let previous = previous_states(graph, h0, states, &shape);
             let mut grad_decay = graph.op_binary("Mul", &grad_states, &previous);
             if kind == ScanKind::Chunked {
@@ -680,14 +691,14 @@ fn selective_scan_backward(
                 let decay_values = graph.op_unary("Exp", decay);
                 grad_decay = graph.op_binary("Mul", &grad_decay, &decay_values);
             }
-            out.push((1, Contribution::Full(grad_decay)));
+            out.push((scan::DECAY, Contribution::Full(grad_decay)));
         }
-        if step.carries[3] {
+        if step.carries[scan::READOUT] {
             let last_axis = shape.len() as i64 - 1;
             let gy = graph.op_unsqueeze(&grad_y, &[last_axis]);
             let weighted = graph.op_binary("Mul", &gy, states);
             out.push((
-                3,
+                scan::READOUT,
                 Contribution::Full(graph.op_reduce_sum(&weighted, &[1], false)),
             ));
         }

@@ -1,5 +1,6 @@
 use std::collections::{HashMap, HashSet};
 
+use super::scan::SelectiveScan;
 use crate::error::{Error, Result};
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::tensor::{tensor_from_proto, validate_tensor};
@@ -45,14 +46,19 @@ pub struct Graph {
     pub opset: i64,
     pub(super) types: HashMap<String, ValueType>,
     pub(super) constants: HashMap<String, Tensor>,
-    initializer_names: HashSet<String>,
-    producers: HashMap<String, (usize, usize)>,
-    consumers: HashMap<String, Vec<(usize, usize)>>,
-    used_names: HashSet<String>,
-    constant_cache: HashMap<String, String>,
+    pub(super) initializer_names: HashSet<String>,
+    pub(super) producers: HashMap<String, (usize, usize)>,
+    pub(super) consumers: HashMap<String, Vec<(usize, usize)>>,
+    pub(super) used_names: HashSet<String>,
+    pub(super) constant_cache: HashMap<String, String>,
     /// Element types of values the compiler created (their shapes are not tracked).
-    created_dtypes: HashMap<String, i32>,
+    pub(super) created_dtypes: HashMap<String, i32>,
     next_id: usize,
+    /// Every node, value and initializer name the compiler minted (the rest came with the
+    /// model): dead-code sweeps remove only these.
+    pub(super) minted: HashSet<String>,
+    /// The selective-scan `Scan`s the compiler emitted, by their first output.
+    pub(super) selective_scans: HashMap<String, SelectiveScan>,
 }
 
 impl Graph {
@@ -93,23 +99,37 @@ impl Graph {
                 _ => None,
             })
             .collect();
+        Graph::analyse(proto, opset, symbolic_dims)
+    }
+
+    /// Indexes `proto` and infers its static types.
+    fn analyse(
+        proto: GraphProto,
+        opset: i64,
+        symbolic_dims: HashMap<String, usize>,
+    ) -> Result<Graph> {
         let mut graph = Graph {
             proto,
             opset,
             symbolic_dims,
-            types: HashMap::new(),
-            constants: HashMap::new(),
-            initializer_names: HashSet::new(),
-            producers: HashMap::new(),
-            consumers: HashMap::new(),
-            used_names: HashSet::new(),
-            constant_cache: HashMap::new(),
-            created_dtypes: HashMap::new(),
-            next_id: 0,
+            ..Default::default()
         };
         graph.index()?;
         super::shapes::infer(&mut graph)?;
         Ok(graph)
+    }
+
+    /// Re-derives every index, static type and known constant from the nodes, as loading the
+    /// graph anew would (after a rewrite that added nodes of unknown shapes); what the compiler
+    /// minted and the selective scans it recorded are kept.
+    pub fn reanalyse(&mut self) -> Result<()> {
+        let proto = std::mem::take(&mut self.proto);
+        let symbolic_dims = std::mem::take(&mut self.symbolic_dims);
+        let mut fresh = Graph::analyse(proto, self.opset, symbolic_dims)?;
+        fresh.minted = std::mem::take(&mut self.minted);
+        fresh.selective_scans = std::mem::take(&mut self.selective_scans);
+        *self = fresh;
+        Ok(())
     }
 
     /// Writes the graph back into `model`, replacing its main graph.
@@ -117,7 +137,7 @@ impl Graph {
         model.graph = Some(self.proto);
     }
 
-    fn index(&mut self) -> Result<()> {
+    pub(super) fn index(&mut self) -> Result<()> {
         for init in &self.proto.initializer {
             validate_tensor(init)?;
             let name = init.name().to_string();
@@ -165,7 +185,7 @@ impl Graph {
         }
     }
 
-    fn index_node(&mut self, index: usize) -> Result<()> {
+    pub(super) fn index_node(&mut self, index: usize) -> Result<()> {
         let node = &self.proto.node[index];
         super::arity::check(node, self.opset)?;
         self.used_names.insert(node.name().to_string());
@@ -258,12 +278,14 @@ impl Graph {
             .collect()
     }
 
-    /// A name not used anywhere in the graph, starting with `mambalrp/`.
+    /// A name not used anywhere in the graph, starting with `mambalrp/` (for readers of the
+    /// file; the compiler itself remembers what it minted, see [`Graph::is_minted`]).
     pub fn fresh_name(&mut self, hint: &str) -> String {
         loop {
             let name = format!("mambalrp/{hint}_{}", self.next_id);
             self.next_id += 1;
             if self.used_names.insert(name.clone()) {
+                self.minted.insert(name.clone());
                 return name;
             }
         }

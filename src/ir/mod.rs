@@ -1,10 +1,14 @@
 //! The compiler's view of an ONNX graph: nodes as in the file, plus indexes (who produces and who
 //! consumes each value), static types, known constants, and a builder that mints unique names.
 mod arity;
+mod edit;
 mod fold;
 mod graph;
 mod ops;
+pub mod scan;
 pub mod shapes;
 pub mod topo;
 
+pub use edit::{node_key, value_info, Edge};
 pub use graph::{Graph, ValueType, BATCH_AXIS, BATCH_SIZE_KEY, SEQUENCE_AXIS, SEQUENCE_LENGTH_KEY};
+pub use scan::{ScanDirection, ScanKind, SelectiveScan};

@@ -5,12 +5,14 @@
 use super::chain::Chain;
 use super::{bodies, chunked, ScanKind, SELECTIVE_SCAN, SELECTIVE_SCAN_CHUNKED};
 use crate::error::{Error, Result};
-use crate::ir::Graph;
+use crate::ir::scan::{self, SelectiveScan};
+use crate::ir::{node_key, Graph};
 use crate::onnx::attributes::{make_graph, make_int, make_ints};
 use crate::rules::skip_noops;
 
-/// Replaces one unrolled chain by a Scan over chunks of `len` steps of the given kind. The
-/// stacked y keeps its name.
+/// Replaces one unrolled chain by a Scan over chunks of `len` steps of the given kind: the
+/// chain's Concat goes, and the new stacked y takes over its output's name, so its readers need
+/// no rewiring.
 pub(super) fn emit(
     graph: &mut Graph,
     chain: &Chain,
@@ -27,6 +29,7 @@ pub(super) fn emit(
     };
     let dtype = graph.dtype_of(&chain.decay);
     let mut operands = Vec::new();
+    // In the Scan's operand order (scan::H0, DECAY, INPUT, READOUT).
     for value in [&chain.h0, &decay, &chain.input, &chain.readout] {
         operands.push(if graph.dtype_of(value) == dtype {
             value.clone()
@@ -81,30 +84,36 @@ pub(super) fn emit(
     };
     let attrs = vec![
         make_graph("body", body),
-        make_int("num_scan_inputs", 3),
-        make_ints("scan_input_axes", &[2, 2, 1]),
-        make_ints("scan_output_axes", if keep_states { &[2, 2] } else { &[2] }),
+        make_int("num_scan_inputs", scan::FORWARD_SCAN_INPUTS),
+        make_ints("scan_input_axes", &scan::FORWARD_INPUT_SCAN_AXES),
+        make_ints(
+            "scan_output_axes",
+            &vec![scan::FORWARD_OUTPUT_SCAN_AXIS; if keep_states { 2 } else { 1 }],
+        ),
     ];
-    let produced = graph.add_node_named(
+    let produced = graph.add_selective_scan(
         hint,
-        "Scan",
+        SelectiveScan::forward(kind),
         &[h0, &decay, &input, &readout],
-        if keep_states { 3 } else { 2 },
+        if keep_states {
+            scan::STATES + 1
+        } else {
+            scan::Y + 1
+        },
         attrs,
     );
     let flat = graph.const_i64(&[0, 0, -1]);
-    let mut y = graph.add_node("Reshape", &[&produced[1], &flat], vec![]);
+    let mut y = graph.add_node("Reshape", &[&produced[scan::Y], &flat], vec![]);
     if let Some(seq) = &seq {
         let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
         y = graph.add_node("Slice", &[&y, &start, seq, &axis], vec![]);
     }
     let stacked_dtype = graph.dtype_of(&chain.stacked);
     if stacked_dtype != dtype {
-        graph.add_node("Cast", &[&y], vec![make_int("to", stacked_dtype as i64)]);
+        y = graph.add_node("Cast", &[&y], vec![make_int("to", stacked_dtype as i64)]);
     }
-    // The last node takes over the stacked output's name, so its readers need no rewiring.
-    let last = graph.nodes().len() - 1;
-    graph.proto.node[last].output[0] = chain.stacked.clone();
+    graph.retain_nodes(|n| node_key(n) != chain.stacked);
+    graph.rename_output(&y, &chain.stacked);
     Ok(())
 }
 
