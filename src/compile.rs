@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 
 use crate::autodiff::{self, Modifiers};
-use crate::emit::{self, TargetMode};
+use crate::emit::{self, metadata, TargetMode};
 use crate::error::{Error, Result};
 use crate::ir::{topo, Edge, Graph};
 use crate::onnx::proto::ModelProto;
@@ -437,31 +437,31 @@ fn per_token(graph: &mut Graph, value: &str, grad: &str) -> (String, String) {
 
 /// Records the tool, the rules, the sites and the traced sizes in `metadata_props`.
 fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Options) {
-    emit::add_metadata(
+    metadata::add_metadata(
         model,
         &[
-            ("mambalrp.version", report.tool_version.clone()),
+            (metadata::VERSION_KEY, report.tool_version.clone()),
             (
-                "mambalrp.scan",
+                metadata::SCAN_KEY,
                 match report.chunk_len {
                     Some(len) => format!("{}, {len} tokens per iteration", report.scan),
                     None => report.scan.to_string(),
                 },
             ),
-            ("mambalrp.rules", report.rules.clone()),
-            (emit::SILU_RULE_KEY, silu_rule_metadata(report)),
-            (emit::BLOCKS_KEY, report.blocks.to_string()),
+            (metadata::RULES_KEY, report.rules.clone()),
+            (metadata::SILU_RULE_KEY, silu_rule_metadata(report)),
+            (metadata::BLOCKS_KEY, report.blocks.to_string()),
             (
-                "mambalrp.target",
+                metadata::TARGET_KEY,
                 format!("{}, last position", report.target),
             ),
             (
-                crate::verify::FLOAT_TYPE_KEY,
+                metadata::FLOAT_TYPE_KEY,
                 crate::verify::float_type_name(report.float_type).to_string(),
             ),
-            ("mambalrp.sites", report.sites.join("\n")),
+            (metadata::SITES_KEY, report.sites.join("\n")),
             (
-                "mambalrp.site_counts",
+                metadata::SITE_COUNTS_KEY,
                 serde_json::to_string(&report.site_counts).unwrap_or_default(),
             ),
         ],
@@ -470,26 +470,26 @@ fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Opt
     if options.dynamic_batch {
         dynamic.push((
             crate::ir::BATCH_AXIS,
-            crate::ir::BATCH_SIZE_KEY,
+            metadata::BATCH_SIZE_KEY,
             report.batch_size,
         ));
     }
     if options.dynamic_sequence {
         dynamic.push((
             crate::ir::SEQUENCE_AXIS,
-            crate::ir::SEQUENCE_LENGTH_KEY,
+            metadata::SEQUENCE_LENGTH_KEY,
             report.sequence_length,
         ));
     }
     if !dynamic.is_empty() {
         let axes: Vec<&str> = dynamic.iter().map(|(axis, _, _)| *axis).collect();
-        let mut entries = vec![("mambalrp.dynamic_axes", axes.join(","))];
+        let mut entries = vec![(metadata::DYNAMIC_AXES_KEY, axes.join(","))];
         entries.extend(
             dynamic
                 .iter()
                 .map(|(_, key, traced)| (*key, traced.to_string())),
         );
-        emit::add_metadata(model, &entries);
+        metadata::add_metadata(model, &entries);
     }
 }
 

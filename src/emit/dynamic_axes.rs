@@ -4,9 +4,8 @@
 //! the declared shapes. These passes rewrite those and name the axes.
 use crate::error::{Error, Result};
 use crate::ir::shapes::slice_spec;
-use crate::ir::{scan, Graph, BATCH_AXIS, SEQUENCE_AXIS};
+use crate::ir::{scan, skip_noops, Graph, BATCH_AXIS, SEQUENCE_AXIS};
 use crate::onnx::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, ValueInfoProto};
-use crate::rules::skip_noops;
 
 /// Makes the sequence axis (length `traced`) symbolic. `inputs` are the graph inputs with a
 /// sequence axis at position 1.

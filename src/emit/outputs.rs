@@ -1,7 +1,7 @@
-//! The relevance outputs of the compiled model (DESIGN.md §3) and its metadata.
+//! The relevance outputs of the compiled model (DESIGN.md §3).
+pub use super::metadata::{add_metadata, BLOCKS_KEY, SILU_RULE_KEY};
 pub use crate::ir::value_info;
 use crate::ir::Graph;
-use crate::onnx::proto::{ModelProto, StringStringEntryProto};
 
 pub const RELEVANCE: &str = "relevance";
 pub const RELEVANCE_TARGET_LOGIT: &str = "relevance_target_logit";
@@ -13,19 +13,4 @@ pub const RELEVANCE_LAYERS: &str = "relevance_layers";
 /// output name is ours whatever node computes it.
 pub fn add_output(graph: &mut Graph, value: &str, name: &str, shape: &[usize]) {
     graph.add_output(value, name, 1, shape);
-}
-
-/// Metadata key: the number of Mamba blocks (verification's depth scales with it).
-pub const BLOCKS_KEY: &str = "mambalrp.blocks";
-/// Metadata key: the SiLU identity rule's form (`stabilized` or `exact`).
-pub const SILU_RULE_KEY: &str = "mambalrp.silu_rule";
-
-pub fn add_metadata(model: &mut ModelProto, entries: &[(&str, String)]) {
-    for (key, value) in entries {
-        model.metadata_props.retain(|p| p.key() != *key);
-        model.metadata_props.push(StringStringEntryProto {
-            key: Some(key.to_string()),
-            value: Some(value.clone()),
-        });
-    }
 }

@@ -121,7 +121,7 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
 /// `(h, W)` when the logits are `MatMul(h, W)` with a constant `[hidden, vocab]` W, through no-op
 /// Casts.
 fn lm_head(graph: &Graph, logits: &str) -> Option<(String, String)> {
-    let root = crate::rules::skip_noops(graph, logits);
+    let root = crate::ir::skip_noops(graph, logits);
     let (_, node) = graph
         .producer(root)
         .filter(|(_, n)| n.op_type() == "MatMul")?;

@@ -28,12 +28,10 @@ impl ValueType {
 
 /// Name of the symbolic sequence axis in models compiled with `--dynamic-seq`.
 pub const SEQUENCE_AXIS: &str = "sequence";
-/// Metadata key recording the sequence length such a model was traced at.
-pub const SEQUENCE_LENGTH_KEY: &str = "mambalrp.traced_sequence_length";
 /// Name of the symbolic batch axis in models compiled with `--dynamic-batch`.
 pub const BATCH_AXIS: &str = "batch";
-/// Metadata key recording the batch size such a model was traced at.
-pub const BATCH_SIZE_KEY: &str = "mambalrp.traced_batch_size";
+/// Metadata keys recording the sizes such models were traced at.
+pub use crate::emit::metadata::{BATCH_SIZE_KEY, SEQUENCE_LENGTH_KEY};
 
 /// A model's main graph with its indexes. `Default` is an empty graph (a placeholder while a
 /// pass round-trips the real one through its proto).

@@ -1,6 +1,7 @@
 //! The compiler's view of an ONNX graph: nodes as in the file, plus indexes (who produces and who
 //! consumes each value), static types, known constants, and a builder that mints unique names.
 mod arity;
+mod dataflow;
 mod edit;
 mod fold;
 mod graph;
@@ -9,6 +10,7 @@ pub mod scan;
 pub mod shapes;
 pub mod topo;
 
+pub use dataflow::{produced_by, skip_noops};
 pub use edit::{node_key, value_info, Edge};
 pub use graph::{Graph, ValueType, BATCH_AXIS, BATCH_SIZE_KEY, SEQUENCE_AXIS, SEQUENCE_LENGTH_KEY};
 pub use scan::{ScanDirection, ScanKind, SelectiveScan};

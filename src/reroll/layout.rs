@@ -6,9 +6,8 @@ use super::chain::Chain;
 use super::{bodies, chunked, ScanKind, SELECTIVE_SCAN, SELECTIVE_SCAN_CHUNKED};
 use crate::error::{Error, Result};
 use crate::ir::scan::{self, SelectiveScan};
-use crate::ir::{node_key, Graph};
+use crate::ir::{node_key, skip_noops, Graph};
 use crate::onnx::attributes::{make_graph, make_int, make_ints};
-use crate::rules::skip_noops;
 
 /// Replaces one unrolled chain by a Scan over chunks of `len` steps of the given kind: the
 /// chain's Concat goes, and the new stacked y takes over its output's name, so its readers need
