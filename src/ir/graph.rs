@@ -33,8 +33,8 @@ pub const BATCH_AXIS: &str = "batch";
 /// Metadata keys recording the sizes such models were traced at.
 pub use crate::emit::metadata::{BATCH_SIZE_KEY, SEQUENCE_LENGTH_KEY};
 
-/// A model's main graph with its indexes. `Default` is an empty graph (a placeholder while a
-/// pass round-trips the real one through its proto).
+/// A model's main graph with its indexes. Passes edit it through the methods in `edit.rs`,
+/// which keep the indexes and types valid. `Default` is an empty graph.
 #[derive(Default)]
 pub struct Graph {
     pub proto: GraphProto,
