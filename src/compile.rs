@@ -2,9 +2,9 @@
 use std::collections::BTreeMap;
 
 use crate::autodiff::{self, Modifiers};
-use crate::emit::{self, TargetMode};
+use crate::emit::{self, metadata, TargetMode};
 use crate::error::{Error, Result};
-use crate::ir::{topo, Graph};
+use crate::ir::{topo, Edge, Graph};
 use crate::onnx::proto::ModelProto;
 use crate::reroll::{reroll, ScanForm};
 use crate::rules::{self, Effect, Matches, RuleSet, SiluRule};
@@ -185,8 +185,7 @@ impl Compilation {
             emit::RELEVANCE_LAYERS,
             emit::TARGET_INPUT,
         ] {
-            if graph.producer(name).is_some() || graph.proto.input.iter().any(|i| i.name() == name)
-            {
+            if graph.producer(name).is_some() || graph.declares_input(name) {
                 return Err(Error::Unsupported(format!(
                     "the model already has a value named '{name}' (compiled twice?)"
                 )));
@@ -227,10 +226,8 @@ impl Compilation {
             self.options.dynamic_sequence,
         )?;
         if rerolled.scans > 0 {
-            // Rebuilds the indexes and types over the rewritten graph.
-            let graph = std::mem::take(&mut self.graph);
-            graph.into_model(&mut self.model);
-            self.graph = Graph::take_from(&mut self.model)?;
+            // The new nodes need their static types.
+            self.graph.reanalyse()?;
         }
         self.rerolled_scans = rerolled.scans;
         self.chunk_len = rerolled.chunk_len;
@@ -253,14 +250,14 @@ impl Compilation {
         };
         for site in matches.enabled(&self.options.rules) {
             match &site.effect {
-                Effect::StopGradient(edges) => modifiers.stop_edges.extend(edges.iter().copied()),
+                Effect::StopGradient(edges) => modifiers.stop_edges.extend(edges.iter().cloned()),
                 Effect::HalfGradient(node) => {
-                    modifiers.half_nodes.insert(*node);
+                    modifiers.half_nodes.insert(node.clone());
                 }
                 Effect::SiluIdentity { product, gate_slot } => {
-                    modifiers.stop_edges.insert((*product, *gate_slot));
+                    modifiers.stop_edges.insert(Edge::new(product, *gate_slot));
                     if self.options.silu_rule == SiluRule::Stabilized {
-                        modifiers.stabilized_silu.insert(*product);
+                        modifiers.stabilized_silu.insert(product.clone());
                     }
                 }
             }
@@ -339,7 +336,7 @@ impl Compilation {
         for (value, name, shape) in &outputs {
             emit::add_output(graph, value, name, shape);
         }
-        topo::remove_dead_nodes(graph, |n| n.name().starts_with("mambalrp/"))?;
+        topo::remove_dead_minted_nodes(graph)?;
         self.outputs = outputs;
         Ok(())
     }
@@ -373,7 +370,7 @@ impl Compilation {
             // Constants the rewrites replaced are now unused.
             topo::remove_dead_nodes(graph, |n| n.op_type() == "Constant")?;
         }
-        remove_unused_constants(&mut self.graph);
+        self.graph.remove_unused_minted_initializers();
         Ok(())
     }
 
@@ -440,31 +437,31 @@ fn per_token(graph: &mut Graph, value: &str, grad: &str) -> (String, String) {
 
 /// Records the tool, the rules, the sites and the traced sizes in `metadata_props`.
 fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Options) {
-    emit::add_metadata(
+    metadata::add_metadata(
         model,
         &[
-            ("mambalrp.version", report.tool_version.clone()),
+            (metadata::VERSION_KEY, report.tool_version.clone()),
             (
-                "mambalrp.scan",
+                metadata::SCAN_KEY,
                 match report.chunk_len {
                     Some(len) => format!("{}, {len} tokens per iteration", report.scan),
                     None => report.scan.to_string(),
                 },
             ),
-            ("mambalrp.rules", report.rules.clone()),
-            (emit::SILU_RULE_KEY, silu_rule_metadata(report)),
-            (emit::BLOCKS_KEY, report.blocks.to_string()),
+            (metadata::RULES_KEY, report.rules.clone()),
+            (metadata::SILU_RULE_KEY, silu_rule_metadata(report)),
+            (metadata::BLOCKS_KEY, report.blocks.to_string()),
             (
-                "mambalrp.target",
+                metadata::TARGET_KEY,
                 format!("{}, last position", report.target),
             ),
             (
-                crate::verify::FLOAT_TYPE_KEY,
+                metadata::FLOAT_TYPE_KEY,
                 crate::verify::float_type_name(report.float_type).to_string(),
             ),
-            ("mambalrp.sites", report.sites.join("\n")),
+            (metadata::SITES_KEY, report.sites.join("\n")),
             (
-                "mambalrp.site_counts",
+                metadata::SITE_COUNTS_KEY,
                 serde_json::to_string(&report.site_counts).unwrap_or_default(),
             ),
         ],
@@ -473,26 +470,26 @@ fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Opt
     if options.dynamic_batch {
         dynamic.push((
             crate::ir::BATCH_AXIS,
-            crate::ir::BATCH_SIZE_KEY,
+            metadata::BATCH_SIZE_KEY,
             report.batch_size,
         ));
     }
     if options.dynamic_sequence {
         dynamic.push((
             crate::ir::SEQUENCE_AXIS,
-            crate::ir::SEQUENCE_LENGTH_KEY,
+            metadata::SEQUENCE_LENGTH_KEY,
             report.sequence_length,
         ));
     }
     if !dynamic.is_empty() {
         let axes: Vec<&str> = dynamic.iter().map(|(axis, _, _)| *axis).collect();
-        let mut entries = vec![("mambalrp.dynamic_axes", axes.join(","))];
+        let mut entries = vec![(metadata::DYNAMIC_AXES_KEY, axes.join(","))];
         entries.extend(
             dynamic
                 .iter()
                 .map(|(_, key, traced)| (*key, traced.to_string())),
         );
-        emit::add_metadata(model, &entries);
+        metadata::add_metadata(model, &entries);
     }
 }
 
@@ -503,17 +500,4 @@ fn silu_rule_metadata(report: &CompileReport) -> String {
     } else {
         "none (the silu rule is off)".to_string()
     }
-}
-
-fn remove_unused_constants(graph: &mut Graph) {
-    let used: std::collections::HashSet<String> = graph
-        .proto
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .collect();
-    graph
-        .proto
-        .initializer
-        .retain(|t| !t.name().starts_with("mambalrp/") || used.contains(t.name()));
 }

@@ -10,7 +10,7 @@ use mambalrp::onnx::proto::{
     ValueInfoProto,
 };
 use mambalrp::onnx::Tensor;
-use mambalrp::rules::{match_all, Effect, Matches, Rejection, Rule, Site};
+use mambalrp::rules::{match_all, Edge, Effect, Matches, Rejection, Rule, Site};
 use ndarray::{ArrayD, IxDyn};
 
 const FLOAT: i32 = 1;
@@ -146,6 +146,11 @@ impl Found {
             .0
     }
 
+    /// Key of the node producing `value` (its first output), as rule effects name nodes.
+    fn key(&self, value: &str) -> String {
+        self.graph.node_key(self.index(value)).to_string()
+    }
+
     fn sites(&self, rule: Rule) -> Vec<&Site> {
         self.matches
             .sites
@@ -216,7 +221,7 @@ fn silu_matches_sigmoid_on_either_side_of_the_mul() {
         assert_eq!(
             site.effect,
             Effect::SiluIdentity {
-                product: found.index("y"),
+                product: found.key("y"),
                 gate_slot
             },
             "operands {operands:?}"
@@ -243,7 +248,7 @@ fn silu_matches_the_float16_form_with_the_sigmoid_computed_in_float32() {
         assert_eq!(
             site.effect,
             Effect::SiluIdentity {
-                product: found.index("y"),
+                product: found.key("y"),
                 gate_slot
             },
             "operands {operands:?}"
@@ -266,7 +271,7 @@ fn silu_looks_through_identity_and_same_type_casts_on_both_operands() {
     assert_eq!(
         site.effect,
         Effect::SiluIdentity {
-            product: found.index("y"),
+            product: found.key("y"),
             gate_slot: 0
         }
     );
@@ -348,6 +353,7 @@ fn rms_denominator(square: &str) -> Tiny {
 fn assert_norm_site(found: &Found, stops: Vec<(usize, usize)>) {
     let site = found.only_site(Rule::Norm);
     assert_eq!(site.node, "Sqrt_r");
+    let stops = stops.iter().map(|&(i, s)| found.graph.edge(i, s)).collect();
     assert_eq!(site.effect, Effect::StopGradient(stops));
     assert!(site.detail.contains("x = 'h'"), "{site:#?}");
     assert_eq!(found.matches.norm_inputs, vec!["h".to_string()]);
@@ -534,7 +540,7 @@ fn norm_keeps_the_divisor_and_rejects_a_second_reader_of_the_sqrt() {
     assert_eq!(sites.len(), 1, "{sites:#?}");
     assert_eq!(
         sites[0].effect,
-        Effect::StopGradient(vec![(found.index("y"), 1)])
+        Effect::StopGradient(vec![Edge::new(&found.key("y"), 1)])
     );
     let rejections = found.rejections(Rule::Norm);
     assert_eq!(rejections.len(), 1, "{rejections:#?}");
@@ -581,10 +587,14 @@ fn ssm_matches_softplus_of_dt_proj_of_a_split_of_x_proj() {
     let found = selection(split_x_proj()).run(&["delta", "bc"]);
     let site = found.only_site(Rule::Ssm);
     assert_eq!(site.node, "Split_dt_in");
-    let (dt_proj, bc) = (found.index("dt"), found.index("bc"));
+    let (dt_proj, bc) = (found.key("dt"), found.key("bc"));
     assert_eq!(
         site.effect,
-        Effect::StopGradient(vec![(dt_proj, 0), (bc, 0), (bc, 1)])
+        Effect::StopGradient(vec![
+            Edge::new(&dt_proj, 0),
+            Edge::new(&bc, 0),
+            Edge::new(&bc, 1)
+        ])
     );
     assert!(site.detail.contains("'dt_in', 'bm', 'cm'"), "{site:#?}");
     assert!(
@@ -603,10 +613,14 @@ fn ssm_matches_dt_proj_without_a_bias() {
         .run(&["delta", "bc"]);
     let site = found.only_site(Rule::Ssm);
     assert_eq!(site.node, "Split_dt_in");
-    let (dt_proj, bc) = (found.index("dt"), found.index("bc"));
+    let (dt_proj, bc) = (found.key("dt"), found.key("bc"));
     assert_eq!(
         site.effect,
-        Effect::StopGradient(vec![(dt_proj, 0), (bc, 0), (bc, 1)])
+        Effect::StopGradient(vec![
+            Edge::new(&dt_proj, 0),
+            Edge::new(&bc, 0),
+            Edge::new(&bc, 1)
+        ])
     );
 }
 
@@ -624,10 +638,14 @@ fn ssm_matches_three_slices_of_x_proj() {
     let found = selection(tiny).run(&["delta", "bc"]);
     let site = found.only_site(Rule::Ssm);
     assert_eq!(site.node, "Slice_dt_in+Slice_bm+Slice_cm");
-    let (dt_proj, bc) = (found.index("dt"), found.index("bc"));
+    let (dt_proj, bc) = (found.key("dt"), found.key("bc"));
     assert_eq!(
         site.effect,
-        Effect::StopGradient(vec![(dt_proj, 0), (bc, 0), (bc, 1)])
+        Effect::StopGradient(vec![
+            Edge::new(&dt_proj, 0),
+            Edge::new(&bc, 0),
+            Edge::new(&bc, 1)
+        ])
     );
 }
 
@@ -657,10 +675,14 @@ fn ssm_matches_the_float16_form_with_softplus_computed_in_float32() {
         .run(&["delta", "bc"]);
     let site = found.only_site(Rule::Ssm);
     assert_eq!(site.node, "Split_dt_in");
-    let (cast, bc) = (found.index("dt_in16"), found.index("bc"));
+    let (cast, bc) = (found.key("dt_in16"), found.key("bc"));
     assert_eq!(
         site.effect,
-        Effect::StopGradient(vec![(cast, 0), (bc, 0), (bc, 1)])
+        Effect::StopGradient(vec![
+            Edge::new(&cast, 0),
+            Edge::new(&bc, 0),
+            Edge::new(&bc, 1)
+        ])
     );
 }
 
@@ -754,7 +776,7 @@ fn gate_halves_the_gradient_of_a_product_with_a_silu_in_either_operand_order() {
         let found = silu_and_residual().op("Mul", &operands, "g").run(&["g"]);
         let site = found.only_site(Rule::Gate);
         assert_eq!(site.node, "Mul_g", "operands {operands:?}");
-        assert_eq!(site.effect, Effect::HalfGradient(found.index("g")));
+        assert_eq!(site.effect, Effect::HalfGradient(found.key("g")));
         assert!(site.detail.contains("'res' * silu 'sz'"), "{site:#?}");
         // The SiLU inside is its own site, and not a gate.
         assert_eq!(found.only_site(Rule::Silu).node, "Mul_sz");
@@ -775,7 +797,7 @@ fn gate_matches_the_float16_form_with_casts_between_the_silu_and_the_product() {
             .run(&["g"]);
         let site = found.only_site(Rule::Gate);
         assert_eq!(site.node, "Mul_g", "operands {operands:?}");
-        assert_eq!(site.effect, Effect::HalfGradient(found.index("g")));
+        assert_eq!(site.effect, Effect::HalfGradient(found.key("g")));
         assert_eq!(found.only_site(Rule::Silu).node, "Mul_sz");
     }
 }

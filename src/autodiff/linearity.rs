@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use super::Modifiers;
 use crate::error::{Error, Result};
-use crate::ir::Graph;
+use crate::ir::{node_key, Graph};
 use crate::ops::Linearity;
 
 pub fn check(
@@ -19,9 +19,7 @@ pub fn check(
         .input
         .iter()
         .enumerate()
-        .filter(|(slot, name)| {
-            carrying.contains(*name) && !modifiers.stop_edges.contains(&(index, *slot))
-        })
+        .filter(|(slot, name)| carrying.contains(*name) && !modifiers.stops(node, *slot))
         .map(|(slot, _)| slot)
         .collect();
     let name = |slot: usize| node.input[slot].as_str();
@@ -31,7 +29,7 @@ pub fn check(
         .map_or(Linearity::NonLinear, |def| def.linearity);
     let verdict = match class {
         Linearity::Linear => Ok(()),
-        Linearity::Bilinear if carried.len() >= 2 && !modifiers.half_nodes.contains(&index) => {
+        Linearity::Bilinear if carried.len() >= 2 && !modifiers.half_nodes.contains(node_key(node)) => {
             Err(format!(
                 "multiplies two relevance-carrying tensors ('{}' and '{}') and no rule (SiLU, gate, SSM) covers the product",
                 name(carried[0]),

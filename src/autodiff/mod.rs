@@ -10,21 +10,30 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 pub use path::input_dependent;
 
 use crate::error::{Error, Result};
-use crate::ir::Graph;
+use crate::ir::{node_key, Edge, Graph};
+use crate::onnx::proto::NodeProto;
 use crate::ops::{Step, Vjp};
 
 /// How the relevance pass treats the graph.
 #[derive(Debug, Clone, Default)]
 pub struct Modifiers {
-    /// (node index, input slot) edges through which no gradient flows.
-    pub stop_edges: HashSet<(usize, usize)>,
-    /// Product nodes whose incoming gradient is halved.
-    pub half_nodes: HashSet<usize>,
-    /// SiLU products `x * sigmoid(x)` whose multiplier on x is the official stabilized
-    /// `silu(x) / st(x)` rather than the sigmoid (which their stopped edge already freezes).
-    pub stabilized_silu: HashSet<usize>,
+    /// Input edges through which no gradient flows.
+    pub stop_edges: HashSet<Edge>,
+    /// Product nodes (by first output) whose incoming gradient is halved.
+    pub half_nodes: HashSet<String>,
+    /// SiLU products `x * sigmoid(x)` (by output) whose multiplier on x is the official
+    /// stabilized `silu(x) / st(x)` rather than the sigmoid (which their stopped edge already
+    /// freezes).
+    pub stabilized_silu: HashSet<String>,
     /// Reject any non-linear op or unruled product on the relevance path.
     pub prove_linear: bool,
+}
+
+impl Modifiers {
+    /// True when no gradient flows into input `slot` of `node`.
+    pub fn stops(&self, node: &NodeProto, slot: usize) -> bool {
+        !self.stop_edges.is_empty() && self.stop_edges.contains(&Edge::of(node, slot))
+    }
 }
 
 /// A gradient contribution to one value from one consumer.
@@ -54,9 +63,9 @@ pub fn differentiate(
     seeds: &[(String, String)],
     modifiers: &Modifiers,
 ) -> Result<Gradients> {
-    let carrying = path::carrying_values(graph, source, &modifiers.stop_edges)?;
+    let carrying = path::carrying_values(graph, source, modifiers)?;
     let seed_names: Vec<String> = seeds.iter().map(|(v, _)| v.clone()).collect();
-    let path_nodes = path::path_nodes(graph, &carrying, &seed_names, &modifiers.stop_edges)?;
+    let path_nodes = path::path_nodes(graph, &carrying, &seed_names, modifiers)?;
     if modifiers.prove_linear {
         for &index in &path_nodes {
             linearity::check(graph, index, &carrying, modifiers)?;
@@ -92,9 +101,7 @@ pub fn differentiate(
             .input
             .iter()
             .enumerate()
-            .map(|(slot, name)| {
-                carrying.contains(name) && !modifiers.stop_edges.contains(&(index, slot))
-            })
+            .map(|(slot, name)| carrying.contains(name) && !modifiers.stops(&node, slot))
             .collect();
         let op = graph.op(index).clone();
         let rule = op
@@ -110,8 +117,8 @@ pub fn differentiate(
             attrs: op.attrs(),
             carries: &carries,
             out_grads: &out_grads,
-            half: modifiers.half_nodes.contains(&index),
-            stabilized_silu: modifiers.stabilized_silu.contains(&index),
+            half: modifiers.half_nodes.contains(node_key(&node)),
+            stabilized_silu: modifiers.stabilized_silu.contains(node_key(&node)),
             batch,
             recomputed: &mut recomputed,
         };

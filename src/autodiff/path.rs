@@ -1,6 +1,7 @@
 //! Which values carry relevance and which nodes the backward pass must visit.
 use std::collections::HashSet;
 
+use super::Modifiers;
 use crate::error::Result;
 use crate::ir::{topo, Graph};
 
@@ -18,7 +19,7 @@ fn is_float(graph: &Graph, value: &str) -> bool {
 pub fn carrying_values(
     graph: &Graph,
     source: &str,
-    stops: &HashSet<(usize, usize)>,
+    modifiers: &Modifiers,
 ) -> Result<HashSet<String>> {
     let mut carrying = HashSet::from([source.to_string()]);
     for index in topo::order(graph)? {
@@ -27,7 +28,7 @@ pub fn carrying_values(
             .input
             .iter()
             .enumerate()
-            .any(|(slot, i)| carrying.contains(i) && !stops.contains(&(index, slot)));
+            .any(|(slot, i)| carrying.contains(i) && !modifiers.stops(node, slot));
         if fed {
             carrying.extend(node.output.iter().filter(|o| is_float(graph, o)).cloned());
         }
@@ -37,7 +38,7 @@ pub fn carrying_values(
 
 /// Values that depend on `source` at all (no rule applied): what the matchers call data.
 pub fn input_dependent(graph: &Graph, source: &str) -> Result<HashSet<String>> {
-    carrying_values(graph, source, &HashSet::new())
+    carrying_values(graph, source, &Modifiers::default())
 }
 
 /// Nodes, in topological order, that lie between the source and the seeds: some output is needed
@@ -46,7 +47,7 @@ pub fn path_nodes(
     graph: &Graph,
     carrying: &HashSet<String>,
     seeds: &[String],
-    stops: &HashSet<(usize, usize)>,
+    modifiers: &Modifiers,
 ) -> Result<Vec<usize>> {
     let order = topo::order(graph)?;
     let mut needed: HashSet<&str> = seeds.iter().map(String::as_str).collect();
@@ -58,7 +59,7 @@ pub fn path_nodes(
         }
         let mut open = false;
         for (slot, input) in node.input.iter().enumerate() {
-            if carrying.contains(input) && !stops.contains(&(index, slot)) {
+            if carrying.contains(input) && !modifiers.stops(node, slot) {
                 needed.insert(input);
                 open = true;
             }

@@ -120,7 +120,7 @@ fn main() -> anyhow::Result<()> {
             _ => vec![(scan, None)],
         });
         for (scan, chunk_len) in forms {
-            let form = serde_json::to_string(&scan)?.trim_matches('"').to_string();
+            let form = scan.to_string();
             let mut scan_name = form.clone();
             let mut extra = Vec::new();
             if let Some(len) = chunk_len {

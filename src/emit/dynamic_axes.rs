@@ -3,10 +3,9 @@
 //! them in is the causal Conv's `Slice` (ends = S), the zero initial SSM state ([B, D, N]) and
 //! the declared shapes. These passes rewrite those and name the axes.
 use crate::error::{Error, Result};
-use crate::ir::{Graph, BATCH_AXIS, SEQUENCE_AXIS};
+use crate::ir::{scan, skip_noops, Graph, BATCH_AXIS, SEQUENCE_AXIS};
 use crate::onnx::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, ValueInfoProto};
 use crate::ops::slice_spec;
-use crate::rules::skip_noops;
 
 /// Makes the sequence axis (length `traced`) symbolic. `inputs` are the graph inputs with a
 /// sequence axis at position 1.
@@ -41,18 +40,16 @@ pub fn make_sequence_symbolic(graph: &mut Graph, traced: usize, inputs: &[String
     }
     for (index, overhang) in rewrites {
         let end = graph.const_i64(&[-(overhang as i64)]);
-        graph.proto.node[index].input[2] = end;
+        // Slice's `ends` operand.
+        graph.set_node_input(index, 2, &end);
     }
-    graph.reindex();
     for vi in graph
-        .proto
-        .input
-        .iter_mut()
+        .input_declarations_mut()
         .filter(|i| inputs.contains(&i.name().to_string()))
     {
         name_axis(vi, 1, traced, SEQUENCE_AXIS)?;
     }
-    for vi in graph.proto.output.iter_mut() {
+    for vi in graph.output_declarations_mut() {
         let axis = if vi.name() == crate::emit::RELEVANCE_LAYERS {
             2
         } else {
@@ -61,7 +58,7 @@ pub fn make_sequence_symbolic(graph: &mut Graph, traced: usize, inputs: &[String
         let _ = name_axis(vi, axis, traced, SEQUENCE_AXIS);
     }
     // Intermediate shapes were recorded at the traced length.
-    graph.proto.value_info.clear();
+    graph.clear_value_info();
     Ok(())
 }
 
@@ -74,11 +71,11 @@ pub fn make_batch_symbolic(
     reference: &str,
 ) -> Result<()> {
     let scans: Vec<usize> = (0..graph.nodes().len())
-        .filter(|&i| crate::reroll::is_forward_scan(graph.node(i)))
+        .filter(|&i| graph.forward_scan_kind(graph.node(i)).is_some())
         .collect();
     let mut initial_states: Vec<String> = scans
         .iter()
-        .map(|&i| graph.node(i).input[0].clone())
+        .map(|&i| graph.node(i).input[scan::H0].clone())
         .collect();
     initial_states.sort();
     initial_states.dedup();
@@ -107,20 +104,15 @@ pub fn make_batch_symbolic(
         );
         let zero_scalar = graph.scalar_like(0.0, &h0);
         let state = graph.add_node("Expand", &[&zero_scalar, &dims], vec![]);
-        for node in graph.proto.node[..existing].iter_mut() {
-            for input in node.input.iter_mut().filter(|i| **i == h0) {
-                *input = state.clone();
-            }
-        }
+        graph.replace_uses_before(&h0, &state, existing);
     }
-    // Every Scan body we emitted declares [B, ...] inputs and outputs.
-    for node in graph
-        .proto
-        .node
-        .iter_mut()
-        .filter(|n| n.op_type() == "Scan" && n.name().starts_with("mambalrp/"))
-    {
-        for attribute in node.attribute.iter_mut() {
+    // Every selective-scan body we emitted (forward and backward) declares [B, ...] inputs and
+    // outputs.
+    let emitted_scans: Vec<usize> = (0..graph.nodes().len())
+        .filter(|&i| graph.selective_scan(graph.node(i)).is_some())
+        .collect();
+    for index in emitted_scans {
+        for attribute in graph.node_attributes_mut(index).iter_mut() {
             if let Some(body) = attribute.g.as_mut() {
                 name_body_batch(body, traced);
             }
@@ -128,18 +120,16 @@ pub fn make_batch_symbolic(
     }
     crate::ir::topo::sort_nodes(graph)?;
     for vi in graph
-        .proto
-        .input
-        .iter_mut()
+        .input_declarations_mut()
         .filter(|i| inputs.contains(&i.name().to_string()))
     {
         name_axis(vi, 0, traced, BATCH_AXIS)?;
     }
-    for vi in graph.proto.output.iter_mut() {
+    for vi in graph.output_declarations_mut() {
         let axis = usize::from(vi.name() == crate::emit::RELEVANCE_LAYERS);
         let _ = name_axis(vi, axis, traced, BATCH_AXIS);
     }
-    graph.proto.value_info.clear();
+    graph.clear_value_info();
     Ok(())
 }
 

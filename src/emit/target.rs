@@ -37,10 +37,9 @@ pub struct Explained {
 /// the target's column of W, instead of multiplying a one-hot by the whole vocabulary matrix.
 pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> {
     let logits = graph
-        .proto
-        .output
-        .first()
-        .map(|o| o.name().to_string())
+        .output_names()
+        .next()
+        .map(str::to_string)
         .ok_or_else(|| Error::InvalidModel("graph has no outputs".into()))?;
     let shape = graph.shape(&logits)?.to_vec();
     let (batch, classes, positions) = match shape[..] {
@@ -67,10 +66,7 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
             vec![make_int("axis", 1), make_int("keepdims", 0)],
         ),
         TargetMode::Input => {
-            graph
-                .proto
-                .input
-                .push(super::outputs::value_info(TARGET_INPUT, 7, &[batch]));
+            graph.add_input(TARGET_INPUT, 7, &[batch]);
             TARGET_INPUT.to_string()
         }
     };
@@ -125,7 +121,7 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
 /// `(h, W)` when the logits are `MatMul(h, W)` with a constant `[hidden, vocab]` W, through no-op
 /// Casts.
 fn lm_head(graph: &Graph, logits: &str) -> Option<(String, String)> {
-    let root = crate::rules::skip_noops(graph, logits);
+    let root = crate::ir::skip_noops(graph, logits);
     let (_, node) = graph
         .producer(root)
         .filter(|(_, n)| n.op_type() == "MatMul")?;

@@ -1,5 +1,6 @@
 use std::collections::{HashMap, HashSet};
 
+use super::scan::SelectiveScan;
 use crate::error::{Error, Result};
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::tensor::{tensor_from_proto, validate_tensor};
@@ -28,15 +29,13 @@ impl ValueType {
 
 /// Name of the symbolic sequence axis in models compiled with `--dynamic-seq`.
 pub const SEQUENCE_AXIS: &str = "sequence";
-/// Metadata key recording the sequence length such a model was traced at.
-pub const SEQUENCE_LENGTH_KEY: &str = "mambalrp.traced_sequence_length";
 /// Name of the symbolic batch axis in models compiled with `--dynamic-batch`.
 pub const BATCH_AXIS: &str = "batch";
-/// Metadata key recording the batch size such a model was traced at.
-pub const BATCH_SIZE_KEY: &str = "mambalrp.traced_batch_size";
+/// Metadata keys recording the sizes such models were traced at.
+pub use crate::emit::metadata::{BATCH_SIZE_KEY, SEQUENCE_LENGTH_KEY};
 
-/// A model's main graph with its indexes. `Default` is an empty graph (a placeholder while a
-/// pass round-trips the real one through its proto).
+/// A model's main graph with its indexes. Passes edit it through the methods in `edit.rs`,
+/// which keep the indexes and types valid. `Default` is an empty graph.
 #[derive(Default)]
 pub struct Graph {
     pub proto: GraphProto,
@@ -46,16 +45,21 @@ pub struct Graph {
     pub opset: i64,
     pub(super) types: HashMap<String, ValueType>,
     pub(super) constants: HashMap<String, Tensor>,
-    initializer_names: HashSet<String>,
+    pub(super) initializer_names: HashSet<String>,
     /// Each node's op, parsed once when the node is indexed (parallel to `proto.node`).
-    ops: Vec<Op>,
-    producers: HashMap<String, (usize, usize)>,
-    consumers: HashMap<String, Vec<(usize, usize)>>,
-    used_names: HashSet<String>,
-    constant_cache: HashMap<String, String>,
+    pub(super) ops: Vec<Op>,
+    pub(super) producers: HashMap<String, (usize, usize)>,
+    pub(super) consumers: HashMap<String, Vec<(usize, usize)>>,
+    pub(super) used_names: HashSet<String>,
+    pub(super) constant_cache: HashMap<String, String>,
     /// Element types of values the compiler created (their shapes are not tracked).
-    created_dtypes: HashMap<String, i32>,
+    pub(super) created_dtypes: HashMap<String, i32>,
     next_id: usize,
+    /// Every node, value and initializer name the compiler minted (the rest came with the
+    /// model): dead-code sweeps remove only these.
+    pub(super) minted: HashSet<String>,
+    /// The selective-scan `Scan`s the compiler emitted, by their first output.
+    pub(super) selective_scans: HashMap<String, SelectiveScan>,
 }
 
 impl Graph {
@@ -96,24 +100,37 @@ impl Graph {
                 _ => None,
             })
             .collect();
+        Graph::analyse(proto, opset, symbolic_dims)
+    }
+
+    /// Indexes `proto` and infers its static types.
+    fn analyse(
+        proto: GraphProto,
+        opset: i64,
+        symbolic_dims: HashMap<String, usize>,
+    ) -> Result<Graph> {
         let mut graph = Graph {
             proto,
             opset,
             symbolic_dims,
-            types: HashMap::new(),
-            constants: HashMap::new(),
-            initializer_names: HashSet::new(),
-            ops: Vec::new(),
-            producers: HashMap::new(),
-            consumers: HashMap::new(),
-            used_names: HashSet::new(),
-            constant_cache: HashMap::new(),
-            created_dtypes: HashMap::new(),
-            next_id: 0,
+            ..Default::default()
         };
         graph.index()?;
         super::shapes::infer(&mut graph)?;
         Ok(graph)
+    }
+
+    /// Re-derives every index, static type and known constant from the nodes, as loading the
+    /// graph anew would (after a rewrite that added nodes of unknown shapes); what the compiler
+    /// minted and the selective scans it recorded are kept.
+    pub fn reanalyse(&mut self) -> Result<()> {
+        let proto = std::mem::take(&mut self.proto);
+        let symbolic_dims = std::mem::take(&mut self.symbolic_dims);
+        let mut fresh = Graph::analyse(proto, self.opset, symbolic_dims)?;
+        fresh.minted = std::mem::take(&mut self.minted);
+        fresh.selective_scans = std::mem::take(&mut self.selective_scans);
+        *self = fresh;
+        Ok(())
     }
 
     /// Writes the graph back into `model`, replacing its main graph.
@@ -121,7 +138,7 @@ impl Graph {
         model.graph = Some(self.proto);
     }
 
-    fn index(&mut self) -> Result<()> {
+    pub(super) fn index(&mut self) -> Result<()> {
         for init in &self.proto.initializer {
             validate_tensor(init)?;
             let name = init.name().to_string();
@@ -170,7 +187,7 @@ impl Graph {
         }
     }
 
-    fn index_node(&mut self, index: usize) -> Result<()> {
+    pub(super) fn index_node(&mut self, index: usize) -> Result<()> {
         let node = &self.proto.node[index];
         let op = Op::parse(node, self.opset)?;
         self.ops.truncate(index);
@@ -270,12 +287,14 @@ impl Graph {
             .collect()
     }
 
-    /// A name not used anywhere in the graph, starting with `mambalrp/`.
+    /// A name not used anywhere in the graph, starting with `mambalrp/` (for readers of the
+    /// file; the compiler itself remembers what it minted, see [`Graph::is_minted`]).
     pub fn fresh_name(&mut self, hint: &str) -> String {
         loop {
             let name = format!("mambalrp/{hint}_{}", self.next_id);
             self.next_id += 1;
             if self.used_names.insert(name.clone()) {
+                self.minted.insert(name.clone());
                 return name;
             }
         }

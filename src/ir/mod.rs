@@ -1,8 +1,14 @@
 //! The compiler's view of an ONNX graph: nodes as in the file, plus indexes (who produces and who
 //! consumes each value), static types, known constants, and a builder that mints unique names.
+mod dataflow;
+mod edit;
 mod graph;
 mod ops;
+pub mod scan;
 pub mod shapes;
 pub mod topo;
 
+pub use dataflow::{produced_by, skip_noops};
+pub use edit::{node_key, value_info, Edge};
 pub use graph::{Graph, ValueType, BATCH_AXIS, BATCH_SIZE_KEY, SEQUENCE_AXIS, SEQUENCE_LENGTH_KEY};
+pub use scan::{ScanDirection, ScanKind, SelectiveScan};

@@ -65,28 +65,39 @@ fn reads(node: &NodeProto, into: &mut HashSet<String>) {
 /// Removes nodes whose outputs nobody reads, among those `removable` allows: one backward sweep
 /// in topological order, so a dead chain of any length goes at once.
 pub fn remove_dead_nodes(graph: &mut Graph, removable: impl Fn(&NodeProto) -> bool) -> Result<()> {
+    let live = live_nodes(graph, removable)?;
+    let mut index = 0;
+    graph.retain_nodes(|_| {
+        index += 1;
+        live[index - 1]
+    });
+    Ok(())
+}
+
+/// Removes the nodes the compiler created whose outputs nobody reads.
+pub fn remove_dead_minted_nodes(graph: &mut Graph) -> Result<()> {
+    let live = live_nodes(graph, |node| graph.is_minted_node(node))?;
+    let mut index = 0;
+    graph.retain_nodes(|_| {
+        index += 1;
+        live[index - 1]
+    });
+    Ok(())
+}
+
+/// Per node: is some output read (by a graph output or a live node), or may it not be removed?
+fn live_nodes(graph: &Graph, removable: impl Fn(&NodeProto) -> bool) -> Result<Vec<bool>> {
     let order = order(graph)?;
-    let mut needed: HashSet<String> = graph
-        .proto
-        .output
-        .iter()
-        .map(|o| o.name().to_string())
-        .collect();
-    let mut live = vec![false; graph.proto.node.len()];
+    let mut needed: HashSet<String> = graph.output_names().map(str::to_string).collect();
+    let mut live = vec![false; graph.nodes().len()];
     for &index in order.iter().rev() {
-        let node = &graph.proto.node[index];
+        let node = graph.node(index);
         if !removable(node) || node.output.iter().any(|o| needed.contains(o)) {
             live[index] = true;
             reads(node, &mut needed);
         }
     }
-    let mut index = 0;
-    graph.proto.node.retain(|_| {
-        index += 1;
-        live[index - 1]
-    });
-    graph.reindex();
-    Ok(())
+    Ok(live)
 }
 
 /// Reorders the nodes topologically (a rewrite may have appended a producer after its readers).

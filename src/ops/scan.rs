@@ -3,13 +3,13 @@
 use super::attrs::{self, Attrs};
 use super::support::{normalize_axis, per_sample_dot};
 use super::{Arity, Linearity, OpDef, Step, Vjp};
-use crate::autodiff::Contribution;
 use crate::error::{Error, Result};
+use crate::ir::scan::{self, ScanKind, SelectiveScan};
 use crate::ir::shapes::declared_dims;
 use crate::ir::{Graph, ValueType};
 use crate::onnx::attributes::{find, make_graph, make_int, make_ints};
 use crate::onnx::proto::NodeProto;
-use crate::reroll::{bodies, chunked, forward_scan_kind, ScanKind};
+use crate::reroll::{bodies, chunked};
 
 pub(super) static OPS: &[OpDef] = &[OpDef::new("Scan", Arity::new(1, 1), infer_scan)
     .with_parse(attrs::scan)
@@ -81,14 +81,17 @@ fn infer_scan(graph: &Graph, node: &NodeProto, attrs: &Attrs) -> Result<Vec<Opti
 /// A selective scan is linear in its initial state and its input dBu; dA and C are frozen by
 /// the SSM rule. Any other Scan is not understood, hence not proved linear.
 fn selective_scan_linearity(
-    _: &Graph,
+    graph: &Graph,
     node: &NodeProto,
     carried: &[usize],
 ) -> std::result::Result<(), String> {
-    if forward_scan_kind(node).is_none() {
+    if graph.forward_scan_kind(node).is_none() {
         return Err("is a Scan that mambalrp did not emit, so its linearity is unknown".into());
     }
-    if carried.iter().all(|&slot| slot == 0 || slot == 2) {
+    if carried
+        .iter()
+        .all(|slot| scan::RELEVANCE_SLOTS.contains(slot))
+    {
         Ok(())
     } else {
         Err(
@@ -99,7 +102,7 @@ fn selective_scan_linearity(
 }
 
 fn scan_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
-    let Some(kind) = forward_scan_kind(step.node) else {
+    let Some(kind) = graph.forward_scan_kind(step.node) else {
         return Err(
             step.unsupported(" (only the selective scans mambalrp re-rolls are differentiated)")
         );
@@ -113,7 +116,11 @@ fn scan_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
 /// rule) get theirs from the stored states H.
 fn selective_scan_backward(graph: &mut Graph, step: &mut Step, kind: ScanKind) -> Result<Vjp> {
     let node = step.node;
-    let (h0, decay, readout) = (&node.input[0], &node.input[1], &node.input[3]);
+    let (h0, decay, readout) = (
+        &node.input[scan::H0],
+        &node.input[scan::DECAY],
+        &node.input[scan::READOUT],
+    );
     let shape = graph.shape(decay)?.to_vec();
     let &[b, d, _, len, n] = &shape[..] else {
         return Err(Error::node(
@@ -121,9 +128,9 @@ fn selective_scan_backward(graph: &mut Graph, step: &mut Step, kind: ScanKind) -
             "selective scan decay must be [B, D, K chunks, L steps, N]",
         ));
     };
-    let grad_state = step.out_grads.first().cloned().flatten();
-    let grad_y = step.out_grads.get(1).cloned().flatten();
-    if step.out_grads.get(2).cloned().flatten().is_some() {
+    let grad_of = |slot: usize| step.out_grads.get(slot).cloned().flatten();
+    let (grad_state, grad_y) = (grad_of(scan::LAST_STATE), grad_of(scan::Y));
+    if grad_of(scan::STATES).is_some() {
         return Err(Error::node(
             node,
             "gradient into the stored states is not supported",
@@ -133,35 +140,36 @@ fn selective_scan_backward(graph: &mut Graph, step: &mut Step, kind: ScanKind) -
     if grad_state.is_none() && grad_y.is_none() {
         return Ok(vjp);
     }
-    let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros_like(&node.output[1]));
+    let grad_y = grad_y.unwrap_or_else(|| graph.op_zeros_like(&node.output[scan::Y]));
     let carry = grad_state.unwrap_or_else(|| graph.op_zeros_like(h0));
     let dtype = graph.dtype_of(decay);
     let body = match kind {
         ScanKind::Stepwise => bodies::backward_body(graph, (b, d, n), len, dtype),
         ScanKind::Chunked => chunked::backward_body(graph, (b, d, n), len, dtype),
     };
+    let reverse = [scan::REVERSE; 3];
     let attrs = vec![
         make_graph("body", body),
-        make_int("num_scan_inputs", 3),
-        make_ints("scan_input_axes", &[2, 1, 2]),
-        make_ints("scan_input_directions", &[1, 1, 1]),
-        make_ints("scan_output_axes", &[2]),
-        make_ints("scan_output_directions", &[1]),
+        make_int("num_scan_inputs", scan::BACKWARD_SCAN_INPUTS),
+        make_ints("scan_input_axes", &scan::BACKWARD_INPUT_SCAN_AXES),
+        make_ints("scan_input_directions", &reverse),
+        make_ints("scan_output_axes", &[scan::BACKWARD_OUTPUT_SCAN_AXIS]),
+        make_ints("scan_output_directions", &reverse[..1]),
     ];
     let decay_again = crate::autodiff::remat::recomputed(graph, decay, &grad_y, step.recomputed)?;
-    let outs = graph.add_node_named(
+    let outs = graph.add_selective_scan(
         "selective_scan_backward",
-        "Scan",
+        SelectiveScan::backward(kind),
         &[&carry, &grad_y, readout, &decay_again],
         2,
         attrs,
     );
     let (grad_h0, grad_states) = (outs[0].clone(), outs[1].clone());
-    if step.carries[2] {
-        vjp.full(2, grad_states.clone());
+    if step.carries[scan::INPUT] {
+        vjp.full(scan::INPUT, grad_states.clone());
     }
-    if step.carries[0] {
-        vjp.full(0, grad_h0);
+    if step.carries[scan::H0] {
+        vjp.full(scan::H0, grad_h0);
     } else {
         vjp.bias = Some(per_sample_dot(
             graph,
@@ -172,7 +180,7 @@ fn selective_scan_backward(graph: &mut Graph, step: &mut Step, kind: ScanKind) -
             node,
         )?);
     }
-    if step.carries[1] || step.carries[3] {
+    if step.carries[scan::DECAY] || step.carries[scan::READOUT] {
         frozen_operand_gradients(graph, step, kind, &grad_states, &grad_y, &mut vjp)?;
     }
     Ok(vjp)
@@ -188,11 +196,11 @@ fn frozen_operand_gradients(
     vjp: &mut Vjp,
 ) -> Result<()> {
     let node = step.node;
-    let (h0, decay) = (&node.input[0], &node.input[1]);
+    let (h0, decay) = (&node.input[scan::H0], &node.input[scan::DECAY]);
     let shape = graph.shape(decay)?.to_vec();
     let states = node
         .output
-        .get(2)
+        .get(scan::STATES)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
             Error::node(
@@ -200,7 +208,7 @@ fn frozen_operand_gradients(
                 "dA or C carries relevance but the scan keeps no states (re-roll with states)",
             )
         })?;
-    if step.carries[1] {
+    if step.carries[scan::DECAY] {
         let previous = previous_states(graph, h0, states, &shape);
         let mut grad_decay = graph.op_binary("Mul", grad_states, &previous);
         if kind == ScanKind::Chunked {
@@ -208,13 +216,13 @@ fn frozen_operand_gradients(
             let decay_values = graph.op_unary("Exp", decay);
             grad_decay = graph.op_binary("Mul", &grad_decay, &decay_values);
         }
-        vjp.contributions.push((1, Contribution::Full(grad_decay)));
+        vjp.full(scan::DECAY, grad_decay);
     }
-    if step.carries[3] {
+    if step.carries[scan::READOUT] {
         let last_axis = shape.len() as i64 - 1;
         let gy = graph.op_unsqueeze(grad_y, &[last_axis]);
         let weighted = graph.op_binary("Mul", &gy, states);
-        vjp.full(3, graph.op_reduce_sum(&weighted, &[1], false));
+        vjp.full(scan::READOUT, graph.op_reduce_sum(&weighted, &[1], false));
     }
     Ok(())
 }

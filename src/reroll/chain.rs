@@ -1,9 +1,8 @@
 //! Recognising one unrolled selective-scan chain, on dataflow meaning (both exporters).
 use crate::error::Result;
-use crate::ir::Graph;
+use crate::ir::{skip_noops, Graph};
 use crate::onnx::attributes;
 use crate::onnx::proto::NodeProto;
-use crate::rules::skip_noops;
 
 /// One layer's unrolled recurrence.
 #[derive(Debug, Clone)]

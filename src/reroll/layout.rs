@@ -5,12 +5,13 @@
 use super::chain::Chain;
 use super::{bodies, chunked, ScanKind, SELECTIVE_SCAN, SELECTIVE_SCAN_CHUNKED};
 use crate::error::{Error, Result};
-use crate::ir::Graph;
+use crate::ir::scan::{self, SelectiveScan};
+use crate::ir::{node_key, skip_noops, Graph};
 use crate::onnx::attributes::{make_graph, make_int, make_ints};
-use crate::rules::skip_noops;
 
-/// Replaces one unrolled chain by a Scan over chunks of `len` steps of the given kind. The
-/// stacked y keeps its name.
+/// Replaces one unrolled chain by a Scan over chunks of `len` steps of the given kind: the
+/// chain's Concat goes, and the new stacked y takes over its output's name, so its readers need
+/// no rewiring.
 pub(super) fn emit(
     graph: &mut Graph,
     chain: &Chain,
@@ -27,6 +28,7 @@ pub(super) fn emit(
     };
     let dtype = graph.dtype_of(&chain.decay);
     let mut operands = Vec::new();
+    // In the Scan's operand order (scan::H0, DECAY, INPUT, READOUT).
     for value in [&chain.h0, &decay, &chain.input, &chain.readout] {
         operands.push(if graph.dtype_of(value) == dtype {
             value.clone()
@@ -69,42 +71,26 @@ pub(super) fn emit(
     let input = chunked(graph, input, pads4.as_deref(), &per_chunk4);
     let readout = chunked(graph, readout, pads3.as_deref(), &per_chunk3);
 
-    let (body, hint) = match kind {
-        ScanKind::Stepwise => (
-            bodies::forward_body(graph, (b, d, n), len, dtype, keep_states),
-            SELECTIVE_SCAN,
-        ),
-        ScanKind::Chunked => (
-            chunked::forward_body(graph, (b, d, n), len, dtype, keep_states),
-            SELECTIVE_SCAN_CHUNKED,
-        ),
-    };
-    let attrs = vec![
-        make_graph("body", body),
-        make_int("num_scan_inputs", 3),
-        make_ints("scan_input_axes", &[2, 2, 1]),
-        make_ints("scan_output_axes", if keep_states { &[2, 2] } else { &[2] }),
-    ];
-    let produced = graph.add_node_named(
-        hint,
-        "Scan",
-        &[h0, &decay, &input, &readout],
-        if keep_states { 3 } else { 2 },
-        attrs,
+    let produced = selective_scan(
+        graph,
+        kind,
+        [h0, &decay, &input, &readout],
+        (b, d, n),
+        len,
+        keep_states,
     );
     let flat = graph.const_i64(&[0, 0, -1]);
-    let mut y = graph.add_node("Reshape", &[&produced[1], &flat], vec![]);
+    let mut y = graph.add_node("Reshape", &[&produced[scan::Y], &flat], vec![]);
     if let Some(seq) = &seq {
         let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
         y = graph.add_node("Slice", &[&y, &start, seq, &axis], vec![]);
     }
     let stacked_dtype = graph.dtype_of(&chain.stacked);
     if stacked_dtype != dtype {
-        graph.add_node("Cast", &[&y], vec![make_int("to", stacked_dtype as i64)]);
+        y = graph.add_node("Cast", &[&y], vec![make_int("to", stacked_dtype as i64)]);
     }
-    // The last node takes over the stacked output's name, so its readers need no rewiring.
-    let last = graph.nodes().len() - 1;
-    graph.proto.node[last].output[0] = chain.stacked.clone();
+    graph.retain_nodes(|n| node_key(n) != chain.stacked);
+    graph.rename_output(&y, &chain.stacked);
     Ok(())
 }
 
@@ -152,4 +138,47 @@ fn log_decay_of(graph: &Graph, decay: &str) -> Result<String> {
             }
         ))),
     }
+}
+
+/// Appends a forward selective-scan `Scan` of the given kind over operands already laid out in
+/// chunks of `len` steps (the contract of `ir::scan`), records it, and returns its outputs.
+pub fn selective_scan(
+    graph: &mut Graph,
+    kind: ScanKind,
+    [h0, decay, input, readout]: [&str; 4],
+    (b, d, n): (usize, usize, usize),
+    len: usize,
+    keep_states: bool,
+) -> Vec<String> {
+    let dtype = graph.dtype_of(decay);
+    let (body, hint) = match kind {
+        ScanKind::Stepwise => (
+            bodies::forward_body(graph, (b, d, n), len, dtype, keep_states),
+            SELECTIVE_SCAN,
+        ),
+        ScanKind::Chunked => (
+            chunked::forward_body(graph, (b, d, n), len, dtype, keep_states),
+            SELECTIVE_SCAN_CHUNKED,
+        ),
+    };
+    let attrs = vec![
+        make_graph("body", body),
+        make_int("num_scan_inputs", scan::FORWARD_SCAN_INPUTS),
+        make_ints("scan_input_axes", &scan::FORWARD_INPUT_SCAN_AXES),
+        make_ints(
+            "scan_output_axes",
+            &vec![scan::FORWARD_OUTPUT_SCAN_AXIS; if keep_states { 2 } else { 1 }],
+        ),
+    ];
+    graph.add_selective_scan(
+        hint,
+        SelectiveScan::forward(kind),
+        &[h0, decay, input, readout],
+        if keep_states {
+            scan::STATES + 1
+        } else {
+            scan::Y + 1
+        },
+        attrs,
+    )
 }

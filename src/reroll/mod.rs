@@ -12,11 +12,14 @@ mod layout;
 pub use bodies::SELECTIVE_SCAN;
 pub use chain::Chain;
 pub use chunked::SELECTIVE_SCAN_CHUNKED;
+pub use layout::selective_scan;
 
 use std::collections::HashSet;
 
 use crate::error::Result;
+pub use crate::ir::ScanKind;
 use crate::ir::{topo, Graph};
+use crate::onnx::proto::NodeProto;
 
 /// How the recurrence appears in the compiled model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
@@ -47,16 +50,6 @@ impl std::fmt::Display for ScanForm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// Which of our forward selective-scan `Scan`s a node is. Both iterate over chunks of L steps,
-/// reading h0 `[B,D,N]`, the decay and dBu `[B,D,K,L,N]` and C `[B,K,L,N]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScanKind {
-    /// The rolled form: a chunk's steps run one after another; the decay input is dA.
-    Stepwise,
-    /// The chunked form: a chunk's steps are computed in parallel; the decay input is log dA.
-    Chunked,
 }
 
 impl ScanForm {
@@ -91,7 +84,7 @@ pub struct Rerolled {
 /// steps of the given kind. With `symbolic_length` the time axis is padded at run time to whole
 /// chunks; otherwise the chunk length is the largest divisor of the traced length up to `len`.
 /// With `keep_states` the Scan also outputs all states (the gradient x input backward needs
-/// them). The caller rebuilds the graph's indexes.
+/// them). The caller re-analyses the graph (the new nodes have no static types yet).
 pub fn reroll(
     graph: &mut Graph,
     kind: ScanKind,
@@ -109,50 +102,31 @@ pub fn reroll(
         });
     }
     let used_before: HashSet<String> = used_values(graph);
-    let mut concats = HashSet::new();
     for chain in &chains {
-        concats.insert(chain.concat_node.clone());
         if !symbolic_length {
             chunk_len = layout::dividing_chunk_len(chain.dims.2, len);
         }
         layout::emit(graph, chain, kind, chunk_len, keep_states, symbolic_length)?;
     }
-    graph.proto.node.retain(|n| !concats.contains(n.name()));
     topo::remove_dead_nodes(graph, |_| true)?;
     topo::sort_nodes(graph)?;
     let used_after = used_values(graph);
-    graph
-        .proto
-        .initializer
-        .retain(|t| !used_before.contains(t.name()) || used_after.contains(t.name()));
+    graph.retain_initializers(|name| !used_before.contains(name) || used_after.contains(name));
     Ok(Rerolled {
         scans: chains.len(),
         chunk_len,
     })
 }
 
-/// The kind of a forward `Scan` this pass created (named `mambalrp/selective_scan_N` or
-/// `mambalrp/selective_scan_chunked_N`), `None` for any other node.
-pub fn forward_scan_kind(node: &crate::onnx::proto::NodeProto) -> Option<ScanKind> {
-    let numbered = |hint: &str| {
-        node.name()
-            .strip_prefix(&format!("mambalrp/{hint}_"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    };
-    if node.op_type() != "Scan" || node.input.len() != 4 {
-        None
-    } else if numbered(SELECTIVE_SCAN) {
-        Some(ScanKind::Stepwise)
-    } else if numbered(SELECTIVE_SCAN_CHUNKED) {
-        Some(ScanKind::Chunked)
-    } else {
-        None
-    }
+/// The kind of a forward selective `Scan` the compiler emitted (as `graph` recorded it), `None`
+/// for any other node.
+pub fn forward_scan_kind(graph: &Graph, node: &NodeProto) -> Option<ScanKind> {
+    graph.forward_scan_kind(node)
 }
 
 /// True for the forward selective-scan `Scan` nodes this pass creates, of either kind.
-pub fn is_forward_scan(node: &crate::onnx::proto::NodeProto) -> bool {
-    forward_scan_kind(node).is_some()
+pub fn is_forward_scan(graph: &Graph, node: &NodeProto) -> bool {
+    forward_scan_kind(graph, node).is_some()
 }
 
 fn used_values(graph: &Graph) -> HashSet<String> {
@@ -160,6 +134,6 @@ fn used_values(graph: &Graph) -> HashSet<String> {
         .nodes()
         .iter()
         .flat_map(|n| n.input.iter().cloned())
-        .chain(graph.proto.output.iter().map(|o| o.name().to_string()))
+        .chain(graph.output_names().map(str::to_string))
         .collect()
 }

@@ -12,7 +12,7 @@ pub fn find(
     silu_products: &HashMap<String, String>,
     matches: &mut Matches,
 ) {
-    for (index, node) in graph.nodes().iter().enumerate() {
+    for node in graph.nodes() {
         if node.op_type() != "Mul"
             || node.input.len() != 2
             || silu_products.contains_key(&node.output[0])
@@ -39,7 +39,7 @@ pub fn find(
                     rule: Rule::Gate,
                     node: node.name().to_string(),
                     detail: format!("'{other}' * silu '{gate}', gradient halved"),
-                    effect: Effect::HalfGradient(index),
+                    effect: Effect::HalfGradient(node.output[0].clone()),
                 });
             } else {
                 matches.rejections.push(Rejection {

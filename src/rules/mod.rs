@@ -11,6 +11,7 @@ mod ssm;
 use std::collections::HashSet;
 use std::fmt;
 
+pub use crate::ir::Edge;
 use crate::ir::Graph;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -99,16 +100,19 @@ impl fmt::Display for RuleSet {
     }
 }
 
-/// What a matched site changes in the backward pass.
+/// What a matched site changes in the backward pass. Nodes are named by their first output
+/// value (see [`Edge`]), so effects stay in place when other nodes are removed or reordered
+/// between matching and differentiation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// No gradient flows along these (node index, input slot) edges.
-    StopGradient(Vec<(usize, usize)>),
-    /// The gradient into this product node is halved.
-    HalfGradient(usize),
-    /// A SiLU product `x * sigmoid(x)`: no gradient through the sigmoid operand (`gate_slot`);
-    /// under the stabilized form the multiplier on `x` is `silu(x) / st(x)` instead.
-    SiluIdentity { product: usize, gate_slot: usize },
+    /// No gradient flows along these input edges.
+    StopGradient(Vec<Edge>),
+    /// The gradient into this product node (its first output) is halved.
+    HalfGradient(String),
+    /// A SiLU product `x * sigmoid(x)` (named by its output): no gradient through the sigmoid
+    /// operand (`gate_slot`); under the stabilized form the multiplier on `x` is
+    /// `silu(x) / st(x)` instead.
+    SiluIdentity { product: String, gate_slot: usize },
 }
 
 /// How the SiLU identity rule forms its frozen multiplier.

@@ -50,7 +50,12 @@ pub fn find(graph: &Graph, matches: &mut Matches) {
             rule: Rule::Norm,
             node: node.name().to_string(),
             detail: format!("x * sg(1/sqrt(mean(x^2)+eps)) for x = '{normalised}'"),
-            effect: Effect::StopGradient(stops),
+            effect: Effect::StopGradient(
+                stops
+                    .iter()
+                    .map(|&(index, slot)| graph.edge(index, slot))
+                    .collect(),
+            ),
         });
     }
     norm_inputs.sort();

@@ -1,42 +1,6 @@
-//! Small dataflow helpers shared by the matchers.
+//! Small dataflow helpers of the matchers (the ones other passes share live in `ir`).
 use crate::ir::Graph;
-use crate::onnx::proto::NodeProto;
-
-/// Follows a value up through `Identity` and float-to-float `Cast` nodes: they keep the value
-/// (up to rounding). The TorchScript exporter scatters `Cast(to=FLOAT)` on float tensors
-/// everywhere, and float16 models cast to float32 and back around norms and the scan.
-pub fn skip_noops<'g>(graph: &'g Graph, mut value: &'g str) -> &'g str {
-    while let Some((_, node)) = graph.producer(value) {
-        let passes = match node.op_type() {
-            "Identity" => true,
-            "Cast" => {
-                let is_float = |v: &str| {
-                    graph
-                        .value_type(v)
-                        .is_ok_and(|t| matches!(t.dtype, 1 | 10 | 11 | 16))
-                };
-                is_float(&node.input[0]) && is_float(value)
-            }
-            _ => false,
-        };
-        if !passes {
-            break;
-        }
-        value = &node.input[0];
-    }
-    value
-}
-
-/// The node producing `value` (after no-ops) if its op is `op`.
-pub fn produced_by<'g>(
-    graph: &'g Graph,
-    value: &'g str,
-    op: &str,
-) -> Option<(usize, &'g NodeProto)> {
-    graph
-        .producer(skip_noops(graph, value))
-        .filter(|(_, n)| n.op_type() == op)
-}
+pub use crate::ir::{produced_by, skip_noops};
 
 /// True when `value` is a compile-time constant whose elements all equal `expected`.
 pub fn is_constant_equal(graph: &Graph, value: &str, expected: f64) -> bool {

@@ -9,7 +9,7 @@ use crate::ir::Graph;
 /// SiLU products: output value -> the SiLU's input.
 pub fn find(graph: &Graph, matches: &mut Matches) -> HashMap<String, String> {
     let mut products = HashMap::new();
-    for (index, node) in graph.nodes().iter().enumerate() {
+    for node in graph.nodes() {
         if node.op_type() != "Mul" || node.input.len() != 2 {
             continue;
         }
@@ -27,7 +27,7 @@ pub fn find(graph: &Graph, matches: &mut Matches) -> HashMap<String, String> {
                         sigmoid.name()
                     ),
                     effect: Effect::SiluIdentity {
-                        product: index,
+                        product: node.output[0].clone(),
                         gate_slot,
                     },
                 });

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::pattern::{produced_by, skip_noops};
-use super::{Effect, Matches, Rejection, Rule, Site};
+use super::{Edge, Effect, Matches, Rejection, Rule, Site};
 use crate::ir::Graph;
 
 pub fn find(graph: &Graph, matches: &mut Matches) {
@@ -15,9 +15,10 @@ pub fn find(graph: &Graph, matches: &mut Matches) {
                 if !seen.insert(split_nodes.clone()) {
                     continue;
                 }
-                let stops: Vec<(usize, usize)> = outputs
+                let stops: Vec<Edge> = outputs
                     .iter()
-                    .flat_map(|o| graph.consumers(o).iter().copied())
+                    .flat_map(|o| graph.consumers(o).iter())
+                    .map(|&(index, slot)| graph.edge(index, slot))
                     .collect();
                 let names: Vec<&str> = split_nodes.iter().map(|&i| graph.node(i).name()).collect();
                 matches.sites.push(Site {

@@ -23,10 +23,9 @@ pub fn generated_inputs(graph: &Graph) -> Result<Vec<(String, Tensor)>> {
     let mut state = 0x5eed_u64;
     let mut inputs = Vec::new();
     let classes = graph
-        .proto
-        .output
-        .first()
-        .and_then(|o| graph.value_type(o.name()).ok())
+        .output_names()
+        .next()
+        .and_then(|o| graph.value_type(o).ok())
         .and_then(|t| t.shape.last().copied())
         .unwrap_or(2)
         .max(1);
@@ -158,10 +157,7 @@ pub fn validate_inputs(graph: &Graph, inputs: &[(String, Tensor)], source: &str)
 fn symbolic_axes(graph: &Graph, input: &str) -> Vec<usize> {
     use crate::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
     let declared = graph
-        .proto
-        .input
-        .iter()
-        .find(|i| i.name() == input)
+        .input_declaration(input)
         .and_then(|i| i.r#type.as_ref())
         .and_then(|t| t.value.as_ref());
     match declared {

@@ -173,7 +173,7 @@ pub fn run_source(
 }
 
 /// Metadata key naming the float type a compiled model computes in (`float32`, `float16`, ...).
-pub const FLOAT_TYPE_KEY: &str = "mambalrp.float_type";
+pub use crate::emit::metadata::FLOAT_TYPE_KEY;
 
 pub fn float_type_name(dtype: i32) -> &'static str {
     match dtype {

@@ -162,17 +162,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     let (loaded, seconds) = phase(&progress, "loading", || onnx::load_model_mapped(model_path));
     let onnx::LoadedModel { mut model, mapped } = loaded?;
     costs.load_seconds = seconds;
-    let options = Options {
-        rules: args.rules.clone(),
-        silu_rule: args.silu_rule,
-        target: args.target,
-        emit_embedding: args.emit.contains(&Emit::Embedding),
-        emit_layers: args.emit.contains(&Emit::Layers),
-        scan: args.scan,
-        chunk_len: args.chunk_len.map(usize::from),
-        dynamic_sequence: args.dynamic_seq,
-        dynamic_batch: args.dynamic_batch,
-    };
+    let options = compile_options(args);
     // Verification runs the original and the compiled model from small files in a staging
     // folder next to the output whose weights refer to the mapped input (see
     // verify::StagingFolder): the runtime then holds the weights once.
@@ -261,40 +251,9 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     costs.peak_rss_mb = peak_rss_mb();
 
     if args.explain_matches {
-        println!("rule sites ({}):", report.sites.len());
-        report.sites.iter().for_each(|s| println!("  + {s}"));
-        println!(
-            "rejected candidates ({}):",
-            report.rejected_candidates.len()
-        );
-        report
-            .rejected_candidates
-            .iter()
-            .for_each(|s| println!("  - {s}"));
+        print_matches(&report);
     }
-    println!(
-        "compiled {} -> {} (rules {}, silu rule {}, scan {} x{}, {} nodes -> {}, relevance path {} nodes, sites: {})",
-        model_path.display(),
-        output_path.display(),
-        report.rules,
-        report.silu_rule,
-        report.scan,
-        report.rerolled_scans,
-        report.nodes_original,
-        report.nodes_compiled,
-        report.relevance_path_nodes,
-        serde_json::to_string(&report.site_counts)?
-    );
-    println!(
-        "  load {:.2}s, compile {:.2}s, verify {:.2}s, write {:.2}s, peak memory {}",
-        costs.load_seconds,
-        costs.compile_seconds,
-        costs.verify_seconds,
-        costs.write_seconds,
-        costs
-            .peak_rss_mb
-            .map_or("unknown".into(), |m| format!("{m:.0} MB"))
-    );
+    print_summary(model_path, output_path, &report, &costs)?;
     if let (Some(v), Some((_, reason))) = (&verification, &runtime) {
         print_verification(v, reason, &report.rules);
     }
@@ -322,6 +281,68 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+/// The compiler options the command line asks for.
+fn compile_options(args: &CompileArgs) -> Options {
+    Options {
+        rules: args.rules.clone(),
+        silu_rule: args.silu_rule,
+        target: args.target,
+        emit_embedding: args.emit.contains(&Emit::Embedding),
+        emit_layers: args.emit.contains(&Emit::Layers),
+        scan: args.scan,
+        chunk_len: args.chunk_len.map(usize::from),
+        dynamic_sequence: args.dynamic_seq,
+        dynamic_batch: args.dynamic_batch,
+    }
+}
+
+/// `--explain-matches`: every rule site and every rejected candidate.
+fn print_matches(report: &CompileReport) {
+    println!("rule sites ({}):", report.sites.len());
+    report.sites.iter().for_each(|s| println!("  + {s}"));
+    println!(
+        "rejected candidates ({}):",
+        report.rejected_candidates.len()
+    );
+    report
+        .rejected_candidates
+        .iter()
+        .for_each(|s| println!("  - {s}"));
+}
+
+/// What was compiled, and each phase's time and the peak memory.
+fn print_summary(
+    model_path: &Path,
+    output_path: &Path,
+    report: &CompileReport,
+    costs: &Costs,
+) -> anyhow::Result<()> {
+    println!(
+        "compiled {} -> {} (rules {}, silu rule {}, scan {} x{}, {} nodes -> {}, relevance path {} nodes, sites: {})",
+        model_path.display(),
+        output_path.display(),
+        report.rules,
+        report.silu_rule,
+        report.scan,
+        report.rerolled_scans,
+        report.nodes_original,
+        report.nodes_compiled,
+        report.relevance_path_nodes,
+        serde_json::to_string(&report.site_counts)?
+    );
+    println!(
+        "  load {:.2}s, compile {:.2}s, verify {:.2}s, write {:.2}s, peak memory {}",
+        costs.load_seconds,
+        costs.compile_seconds,
+        costs.verify_seconds,
+        costs.write_seconds,
+        costs
+            .peak_rss_mb
+            .map_or("unknown".into(), |m| format!("{m:.0} MB"))
+    );
+    Ok(())
 }
 
 fn print_verification(v: &VerifyReport, runtime_reason: &str, rules: &str) {

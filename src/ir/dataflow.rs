@@ -1,0 +1,39 @@
+//! Small dataflow helpers shared by the passes (matchers, re-roller, emitters).
+use super::Graph;
+use crate::onnx::proto::NodeProto;
+
+/// Follows a value up through `Identity` and float-to-float `Cast` nodes: they keep the value
+/// (up to rounding). The TorchScript exporter scatters `Cast(to=FLOAT)` on float tensors
+/// everywhere, and float16 models cast to float32 and back around norms and the scan.
+pub fn skip_noops<'g>(graph: &'g Graph, mut value: &'g str) -> &'g str {
+    while let Some((_, node)) = graph.producer(value) {
+        let passes = match node.op_type() {
+            "Identity" => true,
+            "Cast" => {
+                let is_float = |v: &str| {
+                    graph
+                        .value_type(v)
+                        .is_ok_and(|t| matches!(t.dtype, 1 | 10 | 11 | 16))
+                };
+                is_float(&node.input[0]) && is_float(value)
+            }
+            _ => false,
+        };
+        if !passes {
+            break;
+        }
+        value = &node.input[0];
+    }
+    value
+}
+
+/// The node producing `value` (after no-ops) if its op is `op`.
+pub fn produced_by<'g>(
+    graph: &'g Graph,
+    value: &'g str,
+    op: &str,
+) -> Option<(usize, &'g NodeProto)> {
+    graph
+        .producer(skip_noops(graph, value))
+        .filter(|(_, n)| n.op_type() == op)
+}
