@@ -4,6 +4,7 @@
 mod common;
 
 use mambalrp::autodiff::{differentiate, Modifiers};
+use mambalrp::ir::scan::{self, ScanKind};
 use mambalrp::ir::Graph;
 use mambalrp::onnx::attributes::{make_int, make_ints, make_string};
 use mambalrp::onnx::proto::{
@@ -95,16 +96,25 @@ fn model_for(case: &Case) -> ModelProto {
 /// Returns (<gx, dx>, finite-difference estimate of <gy, J dx>).
 fn dot_product_test(case: &Case) -> (f64, f64) {
     let model = model_for(case);
-    let mut graph = Graph::from_model(&model).unwrap();
-    let y_shape = graph.shape("y").unwrap().to_vec();
-    graph
-        .proto
-        .input
-        .push(mambalrp::emit::value_info("gy", 1, &y_shape));
+    let graph = Graph::from_model(&model).unwrap();
+    dot_product_test_on(&model, graph, "y", &case.x_shape, &[])
+}
+
+/// The dot-product test of `y` against the graph input `x` of shape `x_shape`.
+/// `fixed` are other graph inputs and their values.
+fn dot_product_test_on(
+    model: &ModelProto,
+    mut graph: Graph,
+    y: &str,
+    x_shape: &[usize],
+    fixed: &[(String, Tensor)],
+) -> (f64, f64) {
+    let y_shape = graph.shape(y).unwrap().to_vec();
+    graph.add_input("gy", 1, &y_shape);
     let mut grads = differentiate(
         &mut graph,
         "x",
-        &[("y".into(), "gy".into())],
+        &[(y.into(), "gy".into())],
         &Modifiers::default(),
     )
     .unwrap();
@@ -112,29 +122,27 @@ fn dot_product_test(case: &Case) -> (f64, f64) {
         .cotangent(&mut graph, "x")
         .unwrap()
         .expect("x receives a gradient");
-    mambalrp::emit::add_output(&mut graph, "y", "y_out", &y_shape);
-    mambalrp::emit::add_output(&mut graph, &gx, "gx", &case.x_shape);
+    mambalrp::emit::add_output(&mut graph, y, "y_out", &y_shape);
+    mambalrp::emit::add_output(&mut graph, &gx, "gx", x_shape);
     let mut compiled = model.clone();
     graph.into_model(&mut compiled);
 
-    let Tensor::F32(x) = positive_floats(&case.x_shape, 1) else {
+    let Tensor::F32(x) = positive_floats(x_shape, 1) else {
         unreachable!()
     };
-    let Tensor::F32(dx) = floats(&case.x_shape, 2) else {
+    let Tensor::F32(dx) = floats(x_shape, 2) else {
         unreachable!()
     };
     let Tensor::F32(gy) = floats(&y_shape, 3) else {
         unreachable!()
     };
     let run = |x: &ArrayD<f32>| {
-        let out = mambalrp::verify::run_tract(
-            &compiled,
-            &[
-                ("x".into(), Tensor::F32(x.clone())),
-                ("gy".into(), Tensor::F32(gy.clone())),
-            ],
-        )
-        .unwrap();
+        let mut inputs = vec![
+            ("x".to_string(), Tensor::F32(x.clone())),
+            ("gy".to_string(), Tensor::F32(gy.clone())),
+        ];
+        inputs.extend(fixed.iter().cloned());
+        let out = mambalrp::verify::run_tract(&compiled, &inputs).unwrap();
         let get = |n: &str| out.iter().find(|(k, _)| k == n).unwrap().1.clone();
         (get("y_out"), get("gx"))
     };
@@ -474,5 +482,78 @@ fn every_vjp_rule_agrees_with_finite_differences() {
     assert!(
         failures.is_empty(),
         "VJP rules disagree with finite differences: {failures:?}"
+    );
+}
+
+/// A forward selective scan as `reroll` emits it (2 chunks of 3 steps), with `x` in operand
+/// `x_slot` and the other operands constant; dA and C need the stored states.
+fn selective_scan_dot_product_test(kind: ScanKind, x_slot: usize) -> (f64, f64) {
+    let (b, d, k, l, n) = (1, 2, 2, 3, 2);
+    let shapes = [
+        vec![b, d, n],
+        vec![b, d, k, l, n],
+        vec![b, d, k, l, n],
+        vec![b, k, l, n],
+    ];
+    let value = |slot: usize| match (slot, kind) {
+        // dA in (0.5, 1.5); the chunked form reads log dA, any real number.
+        (scan::DECAY, ScanKind::Stepwise) => positive_floats(&shapes[slot], 20),
+        _ => floats(&shapes[slot], 21 + slot as u64),
+    };
+    // The fixed operands are graph inputs too: tract's Scan optimisation rejects constant
+    // scanned inputs, and in a compiled model they are computed anyway.
+    let mut fixed = Vec::new();
+    let mut operands = Vec::new();
+    let mut declared = Vec::new();
+    for slot in 0..scan::OPERANDS {
+        let name = if slot == x_slot {
+            "x".to_string()
+        } else {
+            let name = format!("operand{slot}");
+            fixed.push((name.clone(), value(slot)));
+            name
+        };
+        declared.push(mambalrp::emit::value_info(&name, 1, &shapes[slot]));
+        operands.push(name);
+    }
+    let mut model = model_for(&case("scan", "Identity", &[1], vec![Operand::X], vec![]));
+    let g = model.graph.as_mut().unwrap();
+    g.node.clear();
+    g.input = declared;
+    let mut graph = Graph::from_model(&model).unwrap();
+    let keep_states = x_slot == scan::DECAY || x_slot == scan::READOUT;
+    let refs: Vec<&str> = operands.iter().map(String::as_str).collect();
+    let outputs = mambalrp::reroll::selective_scan(
+        &mut graph,
+        kind,
+        [refs[0], refs[1], refs[2], refs[3]],
+        (b, d, n),
+        l,
+        keep_states,
+    );
+    dot_product_test_on(&model, graph, &outputs[scan::Y], &shapes[x_slot], &fixed)
+}
+
+#[test]
+fn selective_scan_vjp_agrees_with_finite_differences_in_every_operand() {
+    let mut failures = Vec::new();
+    for kind in [ScanKind::Stepwise, ScanKind::Chunked] {
+        for (slot, operand) in [
+            (scan::H0, "h0"),
+            (scan::DECAY, "decay"),
+            (scan::INPUT, "dBu"),
+            (scan::READOUT, "C"),
+        ] {
+            let (analytic, numeric) = selective_scan_dot_product_test(kind, slot);
+            let err = (analytic - numeric).abs() / numeric.abs().max(1e-3);
+            println!("{kind:?} scan, x = {operand:<5} <J^T gy, dx> = {analytic:+.6}  finite difference {numeric:+.6}  rel err {err:.1e}");
+            if err > 2e-3 {
+                failures.push(format!("{kind:?}/{operand}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "selective-scan VJP disagrees with finite differences: {failures:?}"
     );
 }
