@@ -505,7 +505,7 @@ fn selective_scan_dot_product_test(kind: ScanKind, x_slot: usize) -> (f64, f64) 
     let mut fixed = Vec::new();
     let mut operands = Vec::new();
     let mut declared = Vec::new();
-    for slot in 0..scan::OPERANDS {
+    for (slot, shape) in shapes.iter().enumerate() {
         let name = if slot == x_slot {
             "x".to_string()
         } else {
@@ -513,7 +513,7 @@ fn selective_scan_dot_product_test(kind: ScanKind, x_slot: usize) -> (f64, f64) 
             fixed.push((name.clone(), value(slot)));
             name
         };
-        declared.push(mambalrp::emit::value_info(&name, 1, &shapes[slot]));
+        declared.push(mambalrp::emit::value_info(&name, 1, shape));
         operands.push(name);
     }
     let mut model = model_for(&case("scan", "Identity", &[1], vec![Operand::X], vec![]));
