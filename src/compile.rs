@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use crate::autodiff::{self, Modifiers};
 use crate::emit::{self, metadata, TargetMode};
 use crate::error::{Error, Result};
-use crate::ir::{topo, Edge, Graph};
+use crate::ir::{topo, DType, Edge, Graph};
 use crate::onnx::proto::ModelProto;
 use crate::reroll::{reroll, ScanForm};
 use crate::rules::{self, Effect, Matches, RuleSet, SiluRule};
@@ -70,7 +70,7 @@ pub struct CompileReport {
     pub opset: i64,
     pub outputs: Vec<String>,
     /// Element type of the embeddings: the float type the model computes in.
-    pub float_type: i32,
+    pub float_type: DType,
     /// Wall time of each compiler phase, in order.
     pub phase_seconds: Vec<PhaseTime>,
 }

@@ -18,7 +18,7 @@ use ndarray::ArrayD;
 /// 8 tokens x (2 blocks + 1): the depth the CLI's verification uses for this fixture.
 const TRACED_DEPTH: usize = 8 * 3;
 
-const BFLOAT16: i32 = 16;
+const BFLOAT16: mambalrp::ir::DType = mambalrp::ir::DType::BFloat16;
 const FIXTURE: &str = "tiny_zerobias_bf16";
 
 /// Runs `model` in the ONNX reference evaluator on the fixture's inputs.

@@ -167,8 +167,16 @@ fn a_model_without_mamba_blocks_is_refused_saying_what_was_looked_for() {
                 node("Relu", &["h"], "logits"),
             ],
             initializer: vec![table, weight],
-            input: vec![mambalrp::emit::value_info("input_ids", 7, &[1, 4])],
-            output: vec![mambalrp::emit::value_info("logits", 1, &[1, 4, 10])],
+            input: vec![mambalrp::emit::value_info(
+                "input_ids",
+                mambalrp::ir::DType::Int64,
+                &[1, 4],
+            )],
+            output: vec![mambalrp::emit::value_info(
+                "logits",
+                mambalrp::ir::DType::Float,
+                &[1, 4, 10],
+            )],
             ..Default::default()
         }),
         ..Default::default()

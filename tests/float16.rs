@@ -9,7 +9,7 @@ use mambalrp::verify::{conservation, default_output_tolerance, output_bound, run
 /// 8 tokens x (2 blocks + 1): the depth the CLI's verification uses for this fixture.
 const TRACED_DEPTH: usize = 8 * 3;
 
-const FLOAT16: i32 = 10;
+const FLOAT16: mambalrp::ir::DType = mambalrp::ir::DType::Float16;
 
 #[test]
 fn float16_model_is_explained_within_float16_precision() {

@@ -4,13 +4,13 @@
 use std::collections::HashSet;
 
 use mambalrp::autodiff::{differentiate, input_dependent, Modifiers};
-use mambalrp::ir::{node_key, topo, value_info, Edge, Graph, ScanKind, SelectiveScan};
+use mambalrp::ir::{node_key, topo, value_info, DType, Edge, Graph, ScanKind, SelectiveScan};
 use mambalrp::onnx::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
 use mambalrp::onnx::Tensor;
 use mambalrp::rules::{match_all, Effect};
 use ndarray::{ArrayD, IxDyn};
 
-const FLOAT: i32 = 1;
+const FLOAT: DType = DType::Float;
 const SHAPE: [usize; 2] = [2, 3];
 
 fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
@@ -140,22 +140,22 @@ fn retain_nodes_reindexes_and_forgets_the_removed_outputs() {
 #[test]
 fn add_output_adds_an_indexed_identity_and_a_typed_graph_output() {
     let mut graph = chain();
-    graph.add_output("b", "b_out", 7, &[4]);
+    graph.add_output("b", "b_out", DType::Int64, &[4]);
     let (index, identity) = graph.producer("b_out").expect("indexed");
     assert_eq!((index, identity.op_type()), (3, "Identity"));
     assert_eq!(graph.consumers("b"), &[(2, 0), (3, 0)]);
     let t = graph.value_type("b_out").unwrap();
-    assert_eq!((t.dtype, t.shape.clone()), (7, vec![4]));
+    assert_eq!((t.dtype, t.shape.clone()), (DType::Int64, vec![4]));
     assert_eq!(graph.output_names().collect::<Vec<_>>(), vec!["c", "b_out"]);
 }
 
 #[test]
 fn add_input_declares_a_typed_graph_input() {
     let mut graph = chain();
-    graph.add_input("target", 7, &[2]);
+    graph.add_input("target", DType::Int64, &[2]);
     assert!(graph.declares_input("target"));
     assert_eq!(graph.graph_input_names(), vec!["x", "target"]);
-    assert_eq!(graph.value_type("target").unwrap().dtype, 7);
+    assert_eq!(graph.value_type("target").unwrap().dtype, DType::Int64);
 }
 
 #[test]
@@ -174,7 +174,14 @@ fn unused_minted_initializers_go_and_the_models_own_stay() {
     let mut graph = chain();
     let unused = graph.scalar_i64(5);
     let used = graph.scalar_i64(6);
-    graph.add_node("Cast", &[&used], vec![]);
+    graph.add_node(
+        "Cast",
+        &[&used],
+        vec![mambalrp::onnx::attributes::make_int(
+            "to",
+            DType::Float.onnx() as i64,
+        )],
+    );
     graph.retain_nodes(|n| node_key(n) != "b");
     graph.remove_unused_minted_initializers();
     let left: Vec<&str> = graph.initializer_names().collect();
@@ -200,8 +207,9 @@ fn dead_minted_nodes_go_and_the_models_own_dead_nodes_stay() {
 fn selective_scan_records_survive_removal_reordering_and_reanalysis() {
     let mut graph = chain();
     let record = SelectiveScan::backward(ScanKind::Chunked);
-    // Not a real Scan body: the record is what is under test.
-    let outputs = graph.add_selective_scan("scan", record, &["c"], 2, vec![]);
+    // An empty Scan body: the record is what is under test.
+    let body = mambalrp::onnx::attributes::make_graph("body", GraphProto::default());
+    let outputs = graph.add_selective_scan("scan", record, &["c"], 2, vec![body]);
     let before = graph.add_node("Neg", &["x"], vec![]);
     graph.set_node_input(3, 0, &before);
     topo::sort_nodes(&mut graph).unwrap();
@@ -216,10 +224,10 @@ fn selective_scan_records_survive_removal_reordering_and_reanalysis() {
 }
 
 #[test]
-fn reanalyse_keeps_minted_names_and_types_new_values() {
+fn added_values_are_typed_at_once_and_reanalyse_keeps_minted_names() {
     let mut graph = chain();
     let neg = graph.add_node("Neg", &["c"], vec![]);
-    assert!(graph.value_type(&neg).is_err());
+    assert_eq!(graph.shape(&neg).unwrap(), SHAPE);
     graph.reanalyse().unwrap();
     assert_eq!(graph.shape(&neg).unwrap(), SHAPE);
     assert!(graph.is_minted(&neg));

@@ -3,7 +3,7 @@
 //! with the reason the matcher gives for it.
 use mambalrp::autodiff::input_dependent;
 use mambalrp::emit::value_info;
-use mambalrp::ir::Graph;
+use mambalrp::ir::{DType, Graph};
 use mambalrp::onnx::attributes::{make_int, make_ints};
 use mambalrp::onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
@@ -13,9 +13,9 @@ use mambalrp::onnx::Tensor;
 use mambalrp::rules::{match_all, Edge, Effect, Matches, Rejection, Rule, Site};
 use ndarray::{ArrayD, IxDyn};
 
-const FLOAT: i32 = 1;
-const INT64: i32 = 7;
-const FLOAT16: i32 = 10;
+const FLOAT: DType = DType::Float;
+const INT64: DType = DType::Int64;
+const FLOAT16: DType = DType::Float16;
 
 /// Shape of the explained input `x` and of most values below.
 const SHAPE: [usize; 3] = [1, 4, 8];
@@ -35,7 +35,7 @@ impl Tiny {
     }
 
     /// A graph reading the explained input `x` of shape [1, 4, 8] and element type `dtype`.
-    fn with_x(dtype: i32) -> Self {
+    fn with_x(dtype: DType) -> Self {
         Tiny {
             inputs: vec![value_info("x", dtype, &SHAPE)],
             nodes: Vec::new(),
@@ -44,7 +44,7 @@ impl Tiny {
     }
 
     /// Another graph input, which the relevance does not start from.
-    fn input(mut self, name: &str, dtype: i32, shape: &[usize]) -> Self {
+    fn input(mut self, name: &str, dtype: DType, shape: &[usize]) -> Self {
         self.inputs.push(value_info(name, dtype, shape));
         self
     }
@@ -71,8 +71,13 @@ impl Tiny {
         self
     }
 
-    fn cast(self, input: &str, output: &str, to: i32) -> Self {
-        self.node("Cast", &[input], &[output], vec![make_int("to", to as i64)])
+    fn cast(self, input: &str, output: &str, to: DType) -> Self {
+        self.node(
+            "Cast",
+            &[input],
+            &[output],
+            vec![make_int("to", to.onnx() as i64)],
+        )
     }
 
     /// `ReduceMean` over the last axis, keeping it (opset 17: axes is an attribute).

@@ -5,7 +5,7 @@ mod common;
 
 use mambalrp::autodiff::{differentiate, Modifiers};
 use mambalrp::ir::scan::{self, ScanKind};
-use mambalrp::ir::Graph;
+use mambalrp::ir::{DType, Graph};
 use mambalrp::onnx::attributes::{make_int, make_ints, make_string};
 use mambalrp::onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
@@ -78,7 +78,7 @@ fn model_for(case: &Case) -> ModelProto {
         name: Some(case.name.into()),
         node: vec![node],
         initializer: initializers,
-        input: vec![mambalrp::emit::value_info("x", 1, &case.x_shape)],
+        input: vec![mambalrp::emit::value_info("x", DType::Float, &case.x_shape)],
         output: vec![],
         ..Default::default()
     };
@@ -110,7 +110,7 @@ fn dot_product_test_on(
     fixed: &[(String, Tensor)],
 ) -> (f64, f64) {
     let y_shape = graph.shape(y).unwrap().to_vec();
-    graph.add_input("gy", 1, &y_shape);
+    graph.add_input("gy", DType::Float, &y_shape);
     let mut grads = differentiate(
         &mut graph,
         "x",
@@ -513,7 +513,7 @@ fn selective_scan_dot_product_test(kind: ScanKind, x_slot: usize) -> (f64, f64) 
             fixed.push((name.clone(), value(slot)));
             name
         };
-        declared.push(mambalrp::emit::value_info(&name, 1, shape));
+        declared.push(mambalrp::emit::value_info(&name, DType::Float, shape));
         operands.push(name);
     }
     let mut model = model_for(&case("scan", "Identity", &[1], vec![Operand::X], vec![]));

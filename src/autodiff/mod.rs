@@ -181,7 +181,7 @@ impl Gradients {
 /// nobody read with zeros: one Concat instead of one padded tensor per time step.
 fn assemble_pieces(
     graph: &mut Graph,
-    dtype: i32,
+    dtype: crate::ir::DType,
     shape: &[usize],
     axis: usize,
     by_index: BTreeMap<usize, Vec<String>>,

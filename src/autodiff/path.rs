@@ -5,14 +5,10 @@ use super::Modifiers;
 use crate::error::Result;
 use crate::ir::{topo, Graph};
 
-const FLOAT_TYPES: [i32; 4] = [1, 10, 11, 16];
-
 /// Float values carry relevance; a value of unknown type is assumed to, so that a gap in type
 /// inference surfaces as an error naming it rather than as a silently empty path.
 fn is_float(graph: &Graph, value: &str) -> bool {
-    graph
-        .value_type(value)
-        .map_or(true, |t| FLOAT_TYPES.contains(&t.dtype))
+    graph.value_type(value).map_or(true, |t| t.dtype.is_float())
 }
 
 /// Values computed from `source` along edges that are not stopped.

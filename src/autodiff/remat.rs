@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use crate::error::Result;
-use crate::ir::Graph;
+use crate::ir::{DType, Graph};
 use crate::onnx::attributes::make_int;
 
 /// How many ops deep a recomputation may reach.
@@ -137,7 +137,11 @@ fn after(graph: &mut Graph, value: &str, late: &mut LateInputs) -> String {
             let flat = graph.add_node("Reshape", &[late.anchor, &flat], vec![]);
             let first = graph.scalar_i64(0);
             let element = graph.add_node("Gather", &[&flat, &first], vec![]);
-            let whole = graph.add_node("Cast", &[&element], vec![make_int("to", 7)]);
+            let whole = graph.add_node(
+                "Cast",
+                &[&element],
+                vec![make_int("to", DType::Int64.onnx() as i64)],
+            );
             let zero = graph.scalar_i64(0);
             let zero = graph.op_binary("Mul", &whole, &zero);
             late.zero = Some(zero.clone());
@@ -145,7 +149,7 @@ fn after(graph: &mut Graph, value: &str, late: &mut LateInputs) -> String {
         }
     };
     let dtype = graph.dtype_of(value);
-    let nothing = graph.add_node("Cast", &[&zero], vec![make_int("to", dtype as i64)]);
+    let nothing = graph.add_node("Cast", &[&zero], vec![make_int("to", dtype.onnx() as i64)]);
     let copy = graph.op_binary("Add", value, &nothing);
     late.copies.insert(value.to_string(), copy.clone());
     copy

@@ -1,7 +1,7 @@
 //! Everything the compiled model adds around the backward pass: which logit is explained, the
 //! seed cotangent, the relevance outputs and the metadata.
 mod dynamic_axes;
-pub mod metadata;
+pub use crate::onnx::metadata;
 mod outputs;
 mod source;
 mod target;

@@ -1,7 +1,7 @@
 //! The relevance outputs of the compiled model (DESIGN.md §3).
 pub use super::metadata::{add_metadata, BLOCKS_KEY, SILU_RULE_KEY};
-pub use crate::ir::value_info;
 use crate::ir::Graph;
+pub use crate::onnx::value_info;
 
 pub const RELEVANCE: &str = "relevance";
 pub const RELEVANCE_TARGET_LOGIT: &str = "relevance_target_logit";
@@ -12,5 +12,5 @@ pub const RELEVANCE_LAYERS: &str = "relevance_layers";
 /// Exposes `value` as graph output `name` (float32 of the given shape) through an Identity, so the
 /// output name is ours whatever node computes it.
 pub fn add_output(graph: &mut Graph, value: &str, name: &str, shape: &[usize]) {
-    graph.add_output(value, name, 1, shape);
+    graph.add_output(value, name, crate::ir::DType::Float, shape);
 }

@@ -1,5 +1,6 @@
 //! Where relevance is read: the token embeddings.
 use crate::error::{Error, Result};
+use crate::ir::DType;
 use crate::ir::Graph;
 
 /// The embeddings E: a float graph input (inputs_embeds), or else the output of the `Gather` that
@@ -8,7 +9,7 @@ pub fn find_embeddings(graph: &Graph) -> Result<String> {
     for input in graph.graph_input_names() {
         if graph
             .value_type(&input)
-            .is_ok_and(|t| matches!(t.dtype, 1 | 10 | 11 | 16) && t.rank() == 3)
+            .is_ok_and(|t| t.dtype.is_float() && t.rank() == 3)
         {
             return Ok(input);
         }
@@ -22,9 +23,9 @@ pub fn find_embeddings(graph: &Graph) -> Result<String> {
         let table = graph.value_type(&node.input[0]);
         let ids = graph.value_type(&node.input[1]);
         let looks_up_tokens = inputs.contains(&node.input[1])
-            && ids.is_ok_and(|t| matches!(t.dtype, 6 | 7) && t.rank() == 2);
+            && ids.is_ok_and(|t| matches!(t.dtype, DType::Int32 | DType::Int64) && t.rank() == 2);
         if graph.is_initializer(&node.input[0])
-            && table.is_ok_and(|t| t.rank() == 2 && matches!(t.dtype, 1 | 10 | 11 | 16))
+            && table.is_ok_and(|t| t.rank() == 2 && t.dtype.is_float())
             && looks_up_tokens
         {
             return Ok(node.output[0].clone());

@@ -66,7 +66,7 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
             vec![make_int("axis", 1), make_int("keepdims", 0)],
         ),
         TargetMode::Input => {
-            graph.add_input(TARGET_INPUT, 7, &[batch]);
+            graph.add_input(TARGET_INPUT, crate::ir::DType::Int64, &[batch]);
             TARGET_INPUT.to_string()
         }
     };

@@ -10,11 +10,7 @@ pub fn skip_noops<'g>(graph: &'g Graph, mut value: &'g str) -> &'g str {
         let passes = match node.op_type() {
             "Identity" => true,
             "Cast" => {
-                let is_float = |v: &str| {
-                    graph
-                        .value_type(v)
-                        .is_ok_and(|t| matches!(t.dtype, 1 | 10 | 11 | 16))
-                };
+                let is_float = |v: &str| graph.value_type(v).is_ok_and(|t| t.dtype.is_float());
                 is_float(&node.input[0]) && is_float(value)
             }
             _ => false,

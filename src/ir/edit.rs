@@ -3,11 +3,9 @@
 use std::collections::HashSet;
 
 use super::scan::{ScanKind, SelectiveScan};
-use super::{Graph, ValueType};
-use crate::onnx::proto::{
-    tensor_shape_proto::{dimension, Dimension},
-    type_proto, AttributeProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use super::{DType, Graph, ValueType};
+use crate::onnx::proto::{AttributeProto, NodeProto, ValueInfoProto};
+use crate::onnx::value_info;
 
 /// A node, named by its first output value: unlike its index, this survives the removal and
 /// reordering of other nodes.
@@ -33,29 +31,6 @@ impl Edge {
     /// Input `slot` of `node`.
     pub fn of(node: &NodeProto, slot: usize) -> Edge {
         Edge::new(node_key(node), slot)
-    }
-}
-
-/// A tensor declaration (graph input or output) of element type `elem_type` and static shape.
-pub fn value_info(name: &str, elem_type: i32, shape: &[usize]) -> ValueInfoProto {
-    let dim = shape
-        .iter()
-        .map(|&d| Dimension {
-            value: Some(dimension::Value::DimValue(d as i64)),
-            ..Default::default()
-        })
-        .collect();
-    let tensor = type_proto::Tensor {
-        elem_type: Some(elem_type),
-        shape: Some(TensorShapeProto { dim }),
-    };
-    ValueInfoProto {
-        name: Some(name.to_string()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(tensor)),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 
@@ -230,7 +205,7 @@ impl Graph {
 
     /// Exposes `value` as graph output `name` (of element type `dtype` and static `shape`)
     /// through an Identity node, so the output name is ours whatever node computes it.
-    pub fn add_output(&mut self, value: &str, name: &str, dtype: i32, shape: &[usize]) {
+    pub fn add_output(&mut self, value: &str, name: &str, dtype: DType, shape: &[usize]) {
         let node_name = format!("mambalrp/output/{name}");
         self.used_names.insert(node_name.clone());
         self.minted.insert(node_name.clone());
@@ -260,7 +235,7 @@ impl Graph {
     }
 
     /// Declares a new graph input `name` of element type `dtype` and static `shape`.
-    pub fn add_input(&mut self, name: &str, dtype: i32, shape: &[usize]) {
+    pub fn add_input(&mut self, name: &str, dtype: DType, shape: &[usize]) {
         self.used_names.insert(name.to_string());
         self.minted.insert(name.to_string());
         self.types.insert(

@@ -1,6 +1,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::scan::SelectiveScan;
+use super::DType;
 use crate::error::{Error, Result};
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::tensor::{tensor_from_proto, validate_tensor};
@@ -14,7 +15,7 @@ const MAX_DECODED_ELEMENTS: usize = 4096;
 /// Element type and static shape of a value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueType {
-    pub dtype: i32,
+    pub dtype: DType,
     pub shape: Vec<usize>,
 }
 
@@ -32,7 +33,7 @@ pub const SEQUENCE_AXIS: &str = "sequence";
 /// Name of the symbolic batch axis in models compiled with `--dynamic-batch`.
 pub const BATCH_AXIS: &str = "batch";
 /// Metadata keys recording the sizes such models were traced at.
-pub use crate::emit::metadata::{BATCH_SIZE_KEY, SEQUENCE_LENGTH_KEY};
+pub use crate::onnx::metadata::{BATCH_SIZE_KEY, SEQUENCE_LENGTH_KEY};
 
 /// A model's main graph with its indexes. Passes edit it through the methods in `edit.rs`,
 /// which keep the indexes and types valid. `Default` is an empty graph.
@@ -53,7 +54,7 @@ pub struct Graph {
     pub(super) used_names: HashSet<String>,
     pub(super) constant_cache: HashMap<String, String>,
     /// Element types of values the compiler created (their shapes are not tracked).
-    pub(super) created_dtypes: HashMap<String, i32>,
+    pub(super) created_dtypes: HashMap<String, DType>,
     next_id: usize,
     /// Every node, value and initializer name the compiler minted (the rest came with the
     /// model): dead-code sweeps remove only these.
@@ -155,7 +156,7 @@ impl Graph {
                 self.types.insert(
                     name,
                     ValueType {
-                        dtype: init.data_type(),
+                        dtype: DType::from_onnx(init.data_type()),
                         shape,
                     },
                 );
@@ -366,46 +367,41 @@ impl Graph {
     }
 
     /// Element type of a node the compiler creates, from its op and inputs.
-    fn created_dtype(&self, node: &NodeProto) -> Option<i32> {
+    fn created_dtype(&self, node: &NodeProto) -> Option<DType> {
         match node.op_type() {
-            "Cast" => attributes::int(node, "to").map(|t| t as i32),
-            "Shape" | "ArgMax" | "ArgMin" => Some(7),
-            "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" => Some(9),
+            "Cast" => attributes::int(node, "to").map(|t| DType::from_onnx(t as i32)),
+            "Shape" | "ArgMax" | "ArgMin" => Some(DType::Int64),
+            "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" => Some(DType::Bool),
             "Where" => node.input.get(1).map(|v| self.dtype_of(v)),
             _ => node.input.first().map(|v| self.dtype_of(v)),
         }
     }
 
     /// Element type of any value: recorded, created by the compiler, or float32 by default.
-    pub fn dtype_of(&self, value: &str) -> i32 {
+    pub fn dtype_of(&self, value: &str) -> DType {
         self.types
             .get(value)
             .map(|t| t.dtype)
             .or_else(|| self.created_dtypes.get(value).copied())
-            .unwrap_or(1)
+            .unwrap_or(DType::Float)
     }
 
     /// A scalar constant of element type `dtype` (float32, float64, float16 or bfloat16).
-    pub fn scalar_float(&mut self, value: f64, dtype: i32) -> String {
-        let raw: Vec<u8> = match dtype {
-            10 => half::f16::from_f64(value).to_le_bytes().to_vec(),
-            16 => half::bf16::from_f64(value).to_le_bytes().to_vec(),
-            11 => value.to_le_bytes().to_vec(),
-            _ => (value as f32).to_le_bytes().to_vec(),
+    pub fn scalar_float(&mut self, value: f64, dtype: DType) -> String {
+        let (raw, dtype): (Vec<u8>, DType) = match dtype {
+            DType::Float16 => (half::f16::from_f64(value).to_le_bytes().to_vec(), dtype),
+            DType::BFloat16 => (half::bf16::from_f64(value).to_le_bytes().to_vec(), dtype),
+            DType::Double => (value.to_le_bytes().to_vec(), dtype),
+            _ => ((value as f32).to_le_bytes().to_vec(), DType::Float),
         };
-        let dtype = if matches!(dtype, 10 | 11 | 16) {
-            dtype
-        } else {
-            1
-        };
-        let key = format!("scalar {dtype} {raw:?}");
+        let key = format!("scalar {} {raw:?}", dtype.onnx());
         if let Some(name) = self.constant_cache.get(&key) {
             return name.clone();
         }
         let name = self.fresh_name("const");
         self.add_initializer(TensorProto {
             name: Some(name.clone()),
-            data_type: Some(dtype),
+            data_type: Some(dtype.onnx()),
             raw_data: Some(raw.into()),
             ..Default::default()
         });

@@ -1,5 +1,5 @@
 //! Builders for the small node patterns the backward pass emits.
-use super::Graph;
+use super::{DType, Graph};
 use crate::error::{Error, Result};
 use crate::onnx::attributes::{make_int, make_ints};
 
@@ -73,13 +73,13 @@ impl Graph {
 
     /// `x` as float32 (a Cast unless it already is).
     pub fn op_to_float32(&mut self, x: &str) -> String {
-        if self.dtype_of(x) == 1 {
+        if self.dtype_of(x) == DType::Float {
             x.to_string()
         } else {
             self.add_node(
                 "Cast",
                 &[x],
-                vec![crate::onnx::attributes::make_int("to", 1)],
+                vec![make_int("to", DType::Float.onnx() as i64)],
             )
         }
     }
@@ -102,7 +102,7 @@ impl Graph {
         self.op_expand_like(&zero, like)
     }
 
-    pub fn op_zeros(&mut self, shape: &[usize], dtype: i32) -> String {
+    pub fn op_zeros(&mut self, shape: &[usize], dtype: DType) -> String {
         let zero = self.scalar_float(0.0, dtype);
         self.op_expand(&zero, shape)
     }

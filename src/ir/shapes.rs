@@ -2,6 +2,7 @@
 //! from its op's registration (`crate::ops`), then its compile-time value, if any, is folded
 //! (the TorchScript exporter computes chunk bounds from `Shape`).
 use super::graph::{Graph, ValueType};
+use super::DType;
 use crate::error::{Error, Result};
 use crate::onnx::proto::{type_proto, ValueInfoProto};
 
@@ -66,7 +67,7 @@ pub fn static_type(vi: &ValueInfoProto) -> Option<ValueType> {
 pub(crate) fn declared_dims(
     vi: &ValueInfoProto,
     symbols: &std::collections::HashMap<String, usize>,
-) -> Option<(i32, Vec<Option<usize>>)> {
+) -> Option<(DType, Vec<Option<usize>>)> {
     use crate::onnx::proto::tensor_shape_proto::dimension::Value;
     let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref()?.value.as_ref() else {
         return None;
@@ -76,7 +77,7 @@ pub(crate) fn declared_dims(
         Some(Value::DimParam(name)) => symbols.get(name).copied(),
         _ => None,
     });
-    Some((t.elem_type(), dims.collect()))
+    Some((DType::from_onnx(t.elem_type()), dims.collect()))
 }
 
 /// Like [`static_type`], reading named (symbolic) dims from `symbols`.

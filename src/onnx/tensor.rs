@@ -1,4 +1,5 @@
 //! Conversion between `TensorProto` and the small in-memory tensors the compiler computes with.
+use super::DType;
 use ndarray::{ArrayD, IxDyn};
 
 use super::proto::{tensor_proto::DataType, TensorProto};
@@ -21,11 +22,11 @@ impl Tensor {
         }
     }
 
-    pub fn dtype(&self) -> i32 {
+    pub fn dtype(&self) -> DType {
         match self {
-            Tensor::F32(_) => DataType::Float as i32,
-            Tensor::I64(_) => DataType::Int64 as i32,
-            Tensor::Bool(_) => DataType::Bool as i32,
+            Tensor::F32(_) => DType::Float,
+            Tensor::I64(_) => DType::Int64,
+            Tensor::Bool(_) => DType::Bool,
         }
     }
 
@@ -51,7 +52,7 @@ impl Tensor {
         let mut proto = TensorProto {
             name: Some(name.to_string()),
             dims,
-            data_type: Some(self.dtype()),
+            data_type: Some(self.dtype().onnx()),
             ..Default::default()
         };
         let raw: Vec<u8> = match self {

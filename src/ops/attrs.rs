@@ -1,6 +1,7 @@
 //! Node attributes decoded once, with the ONNX defaults filled in. Axes stay as written (they
 //! may be negative); [`super::normalize_axis`] resolves them against a rank, in one place.
 use crate::error::{Error, Result};
+use crate::ir::DType;
 use crate::onnx::attributes::{find, float, int, ints, string};
 use crate::onnx::proto::NodeProto;
 
@@ -9,7 +10,7 @@ pub enum Attrs {
     None,
     /// Target element type of a Cast.
     Cast {
-        to: i32,
+        to: DType,
     },
     /// The single `axis` of Concat, Gather, GatherElements, Flatten, Softmax, LogSoftmax.
     Axis(i64),
@@ -44,7 +45,7 @@ pub enum Attrs {
         axes: Option<Vec<i64>>,
     },
     ConstantOfShape {
-        dtype: i32,
+        dtype: DType,
     },
     Einsum(EinsumSpec),
     Scan {
@@ -106,7 +107,9 @@ pub fn none(_: &NodeProto, _: i64) -> Result<Attrs> {
 
 pub fn cast(node: &NodeProto, _: i64) -> Result<Attrs> {
     let to = int(node, "to").ok_or_else(|| Error::node(node, "Cast without 'to'"))?;
-    Ok(Attrs::Cast { to: to as i32 })
+    Ok(Attrs::Cast {
+        to: DType::from_onnx(to as i32),
+    })
 }
 
 pub fn axis_default_0(node: &NodeProto, _: i64) -> Result<Attrs> {
@@ -208,8 +211,7 @@ pub fn slice(node: &NodeProto, opset: i64) -> Result<Attrs> {
 pub fn constant_of_shape(node: &NodeProto, _: i64) -> Result<Attrs> {
     let dtype = find(node, "value")
         .and_then(|a| a.t.as_ref())
-        .map(|t| t.data_type())
-        .unwrap_or(1);
+        .map_or(DType::Float, |t| DType::from_onnx(t.data_type()));
     Ok(Attrs::ConstantOfShape { dtype })
 }
 

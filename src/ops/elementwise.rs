@@ -5,7 +5,7 @@ use super::attrs::{self, Attrs};
 use super::support::{broadcast, input_type, integer_operands, one, per_sample_dot, same_as_input};
 use super::{Arity, Linearity, OpDef, Step, Vjp};
 use crate::error::{Error, Result};
-use crate::ir::{Graph, ValueType};
+use crate::ir::{DType, Graph, ValueType};
 use crate::onnx::attributes::make_int;
 use crate::onnx::proto::NodeProto;
 use crate::onnx::Tensor;
@@ -110,7 +110,7 @@ fn infer_broadcast(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Vec<Opt
 fn infer_comparison(graph: &Graph, node: &NodeProto, a: &Attrs) -> Result<Vec<Option<ValueType>>> {
     let mut types = infer_broadcast(graph, node, a)?;
     if let Some(Some(t)) = types.first_mut() {
-        t.dtype = 9;
+        t.dtype = DType::Bool;
     }
     Ok(types)
 }
@@ -139,7 +139,7 @@ fn cast_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     } else {
         vjp.full(
             0,
-            graph.add_node("Cast", &[&g], vec![make_int("to", source as i64)]),
+            graph.add_node("Cast", &[&g], vec![make_int("to", source.onnx() as i64)]),
         );
     }
     Ok(vjp)
@@ -229,7 +229,11 @@ fn stabilized_silu_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let zero = graph.scalar_like(0.0, &x);
     let non_negative = graph.op_binary("GreaterOrEqual", &x, &zero);
     let dtype = graph.dtype_of(&x);
-    let indicator = graph.add_node("Cast", &[&non_negative], vec![make_int("to", dtype as i64)]);
+    let indicator = graph.add_node(
+        "Cast",
+        &[&non_negative],
+        vec![make_int("to", dtype.onnx() as i64)],
+    );
     let (two, one, eps) = (
         graph.scalar_like(2.0, &x),
         graph.scalar_like(1.0, &x),

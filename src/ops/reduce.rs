@@ -3,7 +3,7 @@ use super::attrs::{self, Attrs};
 use super::support::{input_type, normalize_axis, one, reduction, same_as_input};
 use super::{Arity, Linearity, OpDef, Step, Vjp};
 use crate::error::Result;
-use crate::ir::{Graph, ValueType};
+use crate::ir::{DType, Graph, ValueType};
 use crate::onnx::proto::NodeProto;
 
 const UNARY: Arity = Arity::new(1, 1);
@@ -64,7 +64,7 @@ fn infer_arg_reduce(
     let x = input_type(graph, node, 0)?;
     let axis = normalize_axis(axis, x.rank(), node)?;
     one(ValueType {
-        dtype: 7,
+        dtype: DType::Int64,
         shape: reduced_shape(&x.shape, &[axis], keepdims),
     })
 }

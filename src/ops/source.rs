@@ -5,7 +5,7 @@ use super::attrs::{self, Attrs};
 use super::support::{input_type, one, shape_op_range};
 use super::{Arity, OpDef};
 use crate::error::{Error, Result};
-use crate::ir::{Graph, ValueType};
+use crate::ir::{DType, Graph, ValueType};
 use crate::onnx::proto::NodeProto;
 use crate::onnx::tensor::tensor_from_proto;
 use crate::onnx::Tensor;
@@ -73,7 +73,7 @@ fn infer_shape(graph: &Graph, node: &NodeProto, attrs: &Attrs) -> Result<Vec<Opt
     let x = input_type(graph, node, 0)?;
     let (start, end) = shape_op_range(start, end, x.rank());
     one(ValueType {
-        dtype: 7,
+        dtype: DType::Int64,
         shape: vec![end.saturating_sub(start)],
     })
 }

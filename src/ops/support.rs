@@ -294,7 +294,7 @@ pub fn integer_operands(graph: &Graph, node: &NodeProto) -> Option<Vec<ndarray::
         .output
         .first()
         .and_then(|o| graph.value_type(o).ok())
-        .is_some_and(|t| t.dtype == 7);
+        .is_some_and(|t| t.dtype == crate::ir::DType::Int64);
     if !integer_output {
         return None;
     }

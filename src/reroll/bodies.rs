@@ -2,6 +2,7 @@
 //! runs a chunk of steps one after another. The state contraction is written as Mul + ReduceSum:
 //! tract hangs optimising a Scan body with a matrix-vector MatMul.
 use super::body::Body;
+use crate::ir::DType;
 use crate::ir::Graph;
 use crate::onnx::attributes::make_int;
 use crate::onnx::proto::{GraphProto, NodeProto};
@@ -56,7 +57,7 @@ pub fn forward_body(
     graph: &mut Graph,
     (b, d, n): (usize, usize, usize),
     len: usize,
-    dtype: i32,
+    dtype: DType,
     keep_states: bool,
 ) -> GraphProto {
     let mut body = Body::new(graph, "selective_scan_body", dtype);
@@ -97,7 +98,7 @@ pub fn backward_body(
     graph: &mut Graph,
     (b, d, n): (usize, usize, usize),
     len: usize,
-    dtype: i32,
+    dtype: DType,
 ) -> GraphProto {
     let mut body = Body::new(graph, "selective_scan_backward_body", dtype);
     let [s, gy, c, a] = body.backward_inputs("decay_chunk", (b, d, len, n));

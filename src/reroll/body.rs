@@ -1,5 +1,6 @@
 //! The builder for the selective-scan `Scan` bodies of both compact forms: names local to one
 //! body, constants, and the inputs, read-out and outputs the forms share.
+use crate::ir::DType;
 use crate::ir::Graph;
 use crate::onnx::attributes::{make_int, make_tensor};
 use crate::onnx::proto::{GraphProto, NodeProto};
@@ -8,12 +9,12 @@ use crate::onnx::Tensor;
 pub(super) struct Body {
     prefix: String,
     /// Element type of every body input and output (the scan runs in one float type).
-    dtype: i32,
+    dtype: DType,
     pub(super) proto: GraphProto,
 }
 
 impl Body {
-    pub(super) fn new(graph: &mut Graph, hint: &str, dtype: i32) -> Body {
+    pub(super) fn new(graph: &mut Graph, hint: &str, dtype: DType) -> Body {
         Body {
             prefix: graph.fresh_name(hint),
             dtype,
@@ -32,14 +33,14 @@ impl Body {
         let name = self.name(local);
         self.proto
             .input
-            .push(crate::emit::value_info(&name, self.dtype, shape));
+            .push(crate::onnx::value_info(&name, self.dtype, shape));
         name
     }
 
     pub(super) fn output(&mut self, value: &str, shape: &[usize]) {
         self.proto
             .output
-            .push(crate::emit::value_info(value, self.dtype, shape));
+            .push(crate::onnx::value_info(value, self.dtype, shape));
     }
 
     pub(super) fn node(
@@ -76,10 +77,10 @@ impl Body {
             &format!("{local}_f32"),
             Tensor::F32(ndarray::arr0(value).into_dyn()),
         );
-        if self.dtype == crate::onnx::proto::tensor_proto::DataType::Float as i32 {
+        if self.dtype == DType::Float {
             return f32_value;
         }
-        let dtype = self.dtype as i64;
+        let dtype = self.dtype.onnx() as i64;
         self.node("Cast", local, &[&f32_value], vec![make_int("to", dtype)])
     }
 

@@ -5,6 +5,7 @@
 //! overflows; the masked (s > t) entries are set to -inf before the Exp. The reverse Scan
 //! runs the same algebra backwards in time for the relevance.
 use super::body::Body;
+use crate::ir::DType;
 use crate::ir::Graph;
 use crate::onnx::attributes::make_int;
 use crate::onnx::proto::GraphProto;
@@ -81,7 +82,7 @@ pub fn forward_body(
     graph: &mut Graph,
     (b, d, n): (usize, usize, usize),
     len: usize,
-    dtype: i32,
+    dtype: DType,
     keep_states: bool,
 ) -> GraphProto {
     let mut body = Body::new(graph, "selective_scan_chunked_body", dtype);
@@ -106,7 +107,7 @@ pub fn backward_body(
     graph: &mut Graph,
     (b, d, n): (usize, usize, usize),
     len: usize,
-    dtype: i32,
+    dtype: DType,
 ) -> GraphProto {
     let mut body = Body::new(graph, "selective_scan_chunked_backward_body", dtype);
     let [carry, gy, c, la] = body.backward_inputs("log_decay_chunk", (b, d, len, n));

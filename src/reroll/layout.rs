@@ -33,7 +33,7 @@ pub(super) fn emit(
         operands.push(if graph.dtype_of(value) == dtype {
             value.clone()
         } else {
-            graph.add_node("Cast", &[value], vec![make_int("to", dtype as i64)])
+            graph.add_node("Cast", &[value], vec![make_int("to", dtype.onnx() as i64)])
         });
     }
     let [h0, decay, input, readout] = &operands[..] else {
@@ -87,7 +87,11 @@ pub(super) fn emit(
     }
     let stacked_dtype = graph.dtype_of(&chain.stacked);
     if stacked_dtype != dtype {
-        y = graph.add_node("Cast", &[&y], vec![make_int("to", stacked_dtype as i64)]);
+        y = graph.add_node(
+            "Cast",
+            &[&y],
+            vec![make_int("to", stacked_dtype.onnx() as i64)],
+        );
     }
     graph.retain_nodes(|n| node_key(n) != chain.stacked);
     graph.rename_output(&y, &chain.stacked);

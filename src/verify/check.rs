@@ -8,6 +8,7 @@ use super::{
 };
 use crate::emit::TARGET_INPUT;
 use crate::error::Result;
+use crate::ir::DType;
 use crate::onnx::proto::ModelProto;
 use crate::onnx::Tensor;
 
@@ -44,7 +45,7 @@ pub struct Original<'a> {
     pub model: ModelSource<'a>,
     /// Relative bound on the outputs; `None`: the default for `float_type` and `depth`.
     pub output_tolerance: Option<f32>,
-    pub float_type: i32,
+    pub float_type: DType,
     /// Sequence length times (blocks + 1) (see `default_output_tolerance`).
     pub depth: usize,
 }

@@ -9,6 +9,7 @@ use super::{
     run_source, ModelSource, Runtime, SampleCheck,
 };
 use crate::error::Result;
+use crate::ir::DType;
 use crate::onnx::Tensor;
 
 /// How to verify.
@@ -16,7 +17,7 @@ use crate::onnx::Tensor;
 pub struct VerifySettings {
     pub runtime: Runtime,
     /// The float type the model computes in (ONNX data type code).
-    pub float_type: i32,
+    pub float_type: DType,
     /// Relative bound on original outputs; `None`: [`default_output_tolerance`].
     pub output_tolerance: Option<f32>,
     /// Largest relative conservation residual; `None`: [`default_conservation_tolerance`].

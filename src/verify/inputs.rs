@@ -1,4 +1,5 @@
 //! Inputs for verification: deterministic generated tokens, or arrays from an `.npz` file.
+use crate::ir::DType;
 use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
@@ -33,7 +34,7 @@ pub fn generated_inputs(graph: &Graph) -> Result<Vec<(String, Tensor)>> {
         let t = graph.value_type(&name)?.clone();
         let shape = IxDyn(&t.shape);
         let tensor = match t.dtype {
-            6 | 7 => {
+            DType::Int32 | DType::Int64 => {
                 let bound = if name == TARGET_INPUT {
                     classes
                 } else {
@@ -44,7 +45,7 @@ pub fn generated_inputs(graph: &Graph) -> Result<Vec<(String, Tensor)>> {
                     (lcg(&mut state) % bound) as i64
                 }))
             }
-            1 => Tensor::F32(ArrayD::from_shape_fn(shape, |_| {
+            DType::Float => Tensor::F32(ArrayD::from_shape_fn(shape, |_| {
                 (lcg(&mut state) % 2000) as f32 / 1000.0 - 1.0
             })),
             other => {
@@ -118,7 +119,7 @@ pub fn validate_inputs(graph: &Graph, inputs: &[(String, Tensor)], source: &str)
         };
         let t = graph.value_type(name)?;
         let wanted_dtype = match t.dtype {
-            6 | 7 => 7,
+            DType::Int32 => DType::Int64,
             other => other,
         };
         if value.dtype() != wanted_dtype {

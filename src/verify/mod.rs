@@ -23,6 +23,7 @@ pub use tolerance::{
 };
 pub use tract_runner::run_tract;
 
+use crate::ir::DType;
 use std::path::Path;
 
 use ndarray::ArrayD;
@@ -110,7 +111,11 @@ fn runtime_message(error: &crate::error::Error) -> String {
 /// ONNX Runtime's CPU provider no bfloat16 Conv).
 pub fn ensure_runnable(model: &ModelProto) -> Result<()> {
     let graph = model.graph.as_ref();
-    match graph.and_then(|g| g.initializer.iter().find(|t| t.data_type() == 16)) {
+    match graph.and_then(|g| {
+        g.initializer
+            .iter()
+            .find(|t| DType::from_onnx(t.data_type()) == DType::BFloat16)
+    }) {
         Some(t) => Err(crate::error::Error::Unsupported(format!(
             "bfloat16 weights ('{}'): neither tract nor ONNX Runtime's CPU provider runs bfloat16 \
              models (no bfloat16 Conv), so they cannot be verified or checked here; compile \
@@ -173,22 +178,20 @@ pub fn run_source(
 }
 
 /// Metadata key naming the float type a compiled model computes in (`float32`, `float16`, ...).
-pub use crate::emit::metadata::FLOAT_TYPE_KEY;
+pub use crate::onnx::metadata::FLOAT_TYPE_KEY;
 
-pub fn float_type_name(dtype: i32) -> &'static str {
+/// The name recorded under [`FLOAT_TYPE_KEY`]: float32 unless the model computes in another
+/// float type.
+pub fn float_type_name(dtype: DType) -> &'static str {
     match dtype {
-        10 => "float16",
-        16 => "bfloat16",
-        11 => "float64",
-        _ => "float32",
+        DType::Float16 | DType::BFloat16 | DType::Double => dtype.name(),
+        _ => DType::Float.name(),
     }
 }
 
-pub fn float_type_from_name(name: &str) -> i32 {
-    match name {
-        "float16" => 10,
-        "bfloat16" => 16,
-        "float64" => 11,
-        _ => 1,
-    }
+pub fn float_type_from_name(name: &str) -> DType {
+    [DType::Float16, DType::BFloat16, DType::Double]
+        .into_iter()
+        .find(|t| t.name() == name)
+        .unwrap_or(DType::Float)
 }

@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use mambalrp::ir::DType;
 use mambalrp::onnx;
 use mambalrp::onnx::proto::ModelProto;
 use mambalrp::onnx::Tensor;
@@ -42,7 +43,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
         .metadata_props
         .iter()
         .find(|p| p.key() == verify::FLOAT_TYPE_KEY)
-        .map_or(1, |p| verify::float_type_from_name(p.value()));
+        .map_or(DType::Float, |p| verify::float_type_from_name(p.value()));
     let tolerance = args
         .tolerance
         .unwrap_or_else(|| verify::default_conservation_tolerance(float_type));

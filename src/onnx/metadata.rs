@@ -1,6 +1,7 @@
 //! Every `metadata_props` key the compiler writes, in one place (readers in `ir`, `verify` and
-//! the CLI use these too), and the helper that writes them.
-use crate::onnx::proto::{ModelProto, StringStringEntryProto};
+//! the CLI use these too), and the helper that writes them. Part of the compiled model's
+//! contract (DESIGN.md §3); kept at the file layer so every pass can read it.
+use super::proto::{ModelProto, StringStringEntryProto};
 
 /// The compiler version that wrote the model.
 pub const VERSION_KEY: &str = "mambalrp.version";
