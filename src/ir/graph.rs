@@ -39,7 +39,7 @@ pub use crate::onnx::metadata::{BATCH_SIZE_KEY, SEQUENCE_LENGTH_KEY};
 /// which keep the indexes and types valid. `Default` is an empty graph.
 #[derive(Default)]
 pub struct Graph {
-    pub proto: GraphProto,
+    pub(super) proto: GraphProto,
     /// Values of named dims (only the traced sequence length, for `--dynamic-seq` models).
     pub symbolic_dims: HashMap<String, usize>,
     /// Version of the default-domain opset the model imports.
