@@ -1,5 +1,7 @@
-//! The compiler's view of an ONNX graph: nodes as in the file, plus indexes (who produces and who
-//! consumes each value), static types, known constants, and a builder that mints unique names.
+//! The compiler's view of an ONNX graph: nodes as in the file, each parsed once against the op
+//! table (`crate::ops`), plus indexes (who produces and who consumes each value), static types,
+//! known constants, the records of the selective scans the compiler emitted, and the edit API
+//! (`edit.rs`) through which every pass changes the graph, keeping all of these valid.
 mod dataflow;
 mod edit;
 mod graph;
