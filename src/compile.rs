@@ -59,6 +59,8 @@ pub struct CompileReport {
     /// Tokens per Scan iteration of the rolled or chunked form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunk_len: Option<usize>,
+    /// How often each canonicalising rewrite fired.
+    pub canonicalized: BTreeMap<String, usize>,
     /// Selective-scan chains replaced by a `Scan` node.
     pub rerolled_scans: usize,
     pub nodes_original: usize,
@@ -137,7 +139,8 @@ pub fn compile_owned(model: ModelProto, options: &Options) -> Result<Compiled> {
 pub type Phase = fn(&mut Compilation) -> Result<()>;
 
 /// The compiler's phases, in order (after loading; `metadata` closes the list).
-pub const PHASES: [(&str, Phase); 5] = [
+pub const PHASES: [(&str, Phase); 6] = [
+    ("canonicalize", Compilation::canonicalize),
     ("reroll", Compilation::reroll),
     ("match", Compilation::match_rules),
     ("differentiate", Compilation::differentiate),
@@ -159,6 +162,7 @@ pub struct Compilation {
     model: ModelProto,
     graph: Graph,
     nodes_original: usize,
+    canonicalized: crate::canon::Canonicalized,
     rerolled_scans: usize,
     chunk_len: usize,
     embeddings: String,
@@ -196,6 +200,7 @@ impl Compilation {
             nodes_original: graph.nodes().len(),
             model,
             graph,
+            canonicalized: Default::default(),
             rerolled_scans: 0,
             chunk_len: options
                 .chunk_len
@@ -209,6 +214,13 @@ impl Compilation {
             batch: 0,
             seq: 0,
         })
+    }
+
+    /// Rewrites equivalent forms (fused norms, other spellings of SiLU and softplus) into the
+    /// one form the matchers read.
+    fn canonicalize(&mut self) -> Result<()> {
+        self.canonicalized = crate::canon::canonicalize(&mut self.graph)?;
+        Ok(())
     }
 
     /// Replaces the unrolled selective scans by `Scan`s (unless `--scan unrolled`).
@@ -408,6 +420,11 @@ impl Compilation {
                 ScanForm::Unrolled
             },
             chunk_len: rerolled.then_some(self.chunk_len),
+            canonicalized: self
+                .canonicalized
+                .iter()
+                .map(|(name, count)| (name.to_string(), *count))
+                .collect(),
             rerolled_scans: self.rerolled_scans,
             nodes_original: self.nodes_original,
             nodes_compiled: graph.nodes().len(),

@@ -1,7 +1,7 @@
 //! mambalrp: compiles exported Mamba ONNX graphs into standard-ONNX graphs that compute the
 //! original outputs and MambaLRP relevances in one run.
 //!
-//! Pipeline: [`onnx`] (load) -> [`ir`] -> [`reroll`] -> [`rules`] (match) -> [`autodiff`]
+//! Pipeline: [`onnx`] (load) -> [`ir`] -> [`canon`] (canonicalise) -> [`reroll`] -> [`rules`] (match) -> [`autodiff`]
 //! (differentiate) -> [`emit`] -> [`verify`], run by [`compile`](mod@compile) as a named list of timed phases.
 //!
 //! Everything the passes know about an ONNX op (operand counts, attributes, shape inference,
@@ -9,6 +9,7 @@
 //! the graph ([`ir::Graph`]) parses each node once against it, and passes change the graph only
 //! through its edit methods, which keep its indexes and types valid.
 pub mod autodiff;
+pub mod canon;
 pub mod compile;
 pub mod emit;
 pub mod error;

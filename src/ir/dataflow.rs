@@ -33,3 +33,12 @@ pub fn produced_by<'g>(
         .producer(skip_noops(graph, value))
         .filter(|(_, n)| n.op_type() == op)
 }
+
+/// True when `value` is a compile-time constant whose elements all equal `expected`.
+pub fn is_constant_equal(graph: &Graph, value: &str, expected: f64) -> bool {
+    let value = skip_noops(graph, value);
+    graph.constant(value).is_some_and(|t| {
+        let v = t.to_f64_vec();
+        !v.is_empty() && v.iter().all(|&x| (x - expected).abs() < 1e-6)
+    })
+}

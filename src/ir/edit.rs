@@ -103,6 +103,20 @@ impl Graph {
         }
     }
 
+    /// Makes everything that reads `old` read `new` instead, graph outputs included: when `old`
+    /// is a graph output, `new`'s producer takes over its name (the output keeps its name) and
+    /// the old producer's output is renamed to an unused name.
+    pub fn substitute(&mut self, old: &str, new: &str) {
+        if self.output_names().any(|o| o == old) {
+            let retired = self.fresh_name("replaced");
+            self.rename_output(old, &retired);
+            self.replace_uses(new, old);
+            self.rename_output(new, old);
+        } else {
+            self.replace_uses(old, new);
+        }
+    }
+
     /// Makes input `slot` of node `index` read `value`.
     pub fn set_node_input(&mut self, index: usize, slot: usize, value: &str) {
         let old = std::mem::replace(&mut self.proto.node[index].input[slot], value.to_string());

@@ -1,15 +1,6 @@
 //! Small dataflow helpers of the matchers (the ones other passes share live in `ir`).
 use crate::ir::Graph;
-pub use crate::ir::{produced_by, skip_noops};
-
-/// True when `value` is a compile-time constant whose elements all equal `expected`.
-pub fn is_constant_equal(graph: &Graph, value: &str, expected: f64) -> bool {
-    let value = skip_noops(graph, value);
-    graph.constant(value).is_some_and(|t| {
-        let v = t.to_f64_vec();
-        !v.is_empty() && v.iter().all(|&x| (x - expected).abs() < 1e-6)
-    })
-}
+pub use crate::ir::{is_constant_equal, produced_by, skip_noops};
 
 /// Consumers of `value`, looking through no-op `Identity`/`Cast` nodes to the real readers.
 pub fn consumers_through_noops(graph: &Graph, value: &str) -> Vec<(usize, usize)> {
