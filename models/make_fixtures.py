@@ -1,12 +1,17 @@
 """Regenerate the ONNX + reference fixtures under models/fixtures/.
 
-Regeneration commands (from the repository root, after `bash models/setup.sh`); the
-three scripts write disjoint files, run all three to regenerate every fixture (this
-script last: the last line of its REPORT.txt sums the bytes of the whole folder):
+Regeneration commands (from the repository root); the scripts write disjoint files, run
+them all, in this order, to regenerate every fixture (make_fixtures.py after the other two
+transformers-4.40 scripts: the last line of its REPORT.txt sums the bytes of the folder;
+make_variant_fixtures.py last: it derives some variants from tiny_convbias*.onnx and writes
+models/fixtures/variants/ with its own REPORT.txt):
 
+    bash models/setup.sh          # models/.venv: transformers 4.40 (requirements.txt)
+    bash models/setup.sh 5x       # models/.venv5: transformers 5.x (requirements-5x.txt)
     models/.venv/bin/python models/make_length_fixtures.py
     models/.venv/bin/python models/make_half_fixtures.py
     models/.venv/bin/python models/make_fixtures.py
+    models/.venv5/bin/python models/make_variant_fixtures.py
 
 For each fixture in FIXTURES this builds a random-init Hugging Face ``MambaForCausalLM``
 (fixed seeds, parameters perturbed away from HF's structured init), exports it

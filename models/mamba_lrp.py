@@ -46,6 +46,11 @@ residual stream upcast to float32). A ``model.double()`` is computed in float64 
 (where HF would still upcast to float32 only); models/make_fixtures.py uses that to bound
 the float32 rounding of the references.
 
+FalconMamba (``FalconMambaForCausalLM``, transformers 5.x) is handled too: its mixer's
+weightless RMSNorms on dt, B and C (after x_proj) are computed; under ``"ssm"`` dt, B and C are
+detached after them, so no relevance passes through them; the ``"norm"`` rule detaches their
+rsqrt as well (it only matters for rule subsets without ``"ssm"``).
+
 Run ``python models/mamba_lrp.py`` for a self-check on a random tiny model.
 """
 
@@ -128,6 +133,19 @@ def _rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, rule: bool) -> t
     return weight * (x * inv).to(input_dtype)
 
 
+def _weightless_rmsnorm(x: torch.Tensor, eps: float, rule: bool) -> torch.Tensor:
+    """FalconMamba's ``FalconMambaWeightlessRMSNorm`` (on dt, B and C after x_proj):
+    ``(x.float() * rsqrt(mean(x^2) + eps)).type_as(x)``; with ``rule`` the rsqrt is detached
+    (the norm rule). These norms sit on the selection path, which the ``"ssm"`` rule freezes
+    (dt, B, C are detached after them), so under ``mambalrp`` no relevance passes through them
+    and the choice only matters for rule subsets without ``"ssm"``."""
+    xf = _up(x)
+    inv = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if rule:
+        inv = inv.detach()
+    return (xf * inv).to(x.dtype)
+
+
 def _mixer(mixer, x_in: torch.Tensor, rules: frozenset, bias_leaves: list | None = None,
            silu_rule: str = "stabilized") -> torch.Tensor:
     """HF MambaMixer.slow_forward without cache, with optional rules.
@@ -159,6 +177,11 @@ def _mixer(mixer, x_in: torch.Tensor, rules: frozenset, bias_leaves: list | None
 
     ssm_params = F.linear(hidden.transpose(1, 2), mixer.x_proj.weight)
     time_step, B, C = torch.split(ssm_params, [r_dt, n_state, n_state], dim=-1)
+    if hasattr(mixer, "b_layernorm"):
+        # FalconMamba: weightless RMSNorms on dt, B and C (selection path; see _weightless_rmsnorm)
+        time_step = _weightless_rmsnorm(time_step, mixer.dt_layernorm.eps, "norm" in rules)
+        B = _weightless_rmsnorm(B, mixer.b_layernorm.eps, "norm" in rules)
+        C = _weightless_rmsnorm(C, mixer.c_layernorm.eps, "norm" in rules)
     dt = F.softplus(F.linear(time_step, mixer.dt_proj.weight, mixer.dt_proj.bias)).transpose(1, 2)
     A = -torch.exp(_up(mixer.A_log))
     discrete_A = torch.exp(A[None, :, None, :] * dt[:, :, :, None])

@@ -2,15 +2,22 @@
 # Create models/.venv and install models/requirements.txt (idempotent).
 # Usage (from anywhere): bash models/setup.sh
 # Then: models/.venv/bin/python models/make_fixtures.py
+# With the argument 5x: models/.venv5 from models/requirements-5x.txt (transformers 5.x),
+#   bash models/setup.sh 5x
+# used by models/make_variant_fixtures.py (see its docstring).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-VENV="$HERE/.venv"
+case "${1:-}" in
+    "") VENV="$HERE/.venv"; REQ="$HERE/requirements.txt" ;;
+    5x) VENV="$HERE/.venv5"; REQ="$HERE/requirements-5x.txt" ;;
+    *) echo "usage: bash models/setup.sh [5x]" >&2; exit 2 ;;
+esac
 PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 # Skip pip entirely when everything pinned is already installed at that version.
-if "$VENV/bin/python" - "$HERE/requirements.txt" <<'PYEOF'
+if "$VENV/bin/python" - "$REQ" <<'PYEOF'
 import sys
 from importlib.metadata import version, PackageNotFoundError
 ok = True
@@ -32,5 +39,5 @@ then
     echo "setup.sh: $VENV is up to date"
 else
     "$VENV/bin/python" -m pip install --upgrade --quiet pip
-    "$VENV/bin/python" -m pip install --quiet -r "$HERE/requirements.txt"
+    "$VENV/bin/python" -m pip install --quiet -r "$REQ"
 fi
