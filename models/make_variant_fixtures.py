@@ -438,6 +438,9 @@ def variant_dynamic(model, ids):
     from torch.export import Dim
 
     log("== dynbatch / dynboth (+ _dynamo): the hf5_tiny model (transformers 5.x), dynamic axes declared")
+    log("  .ref.npz: the default keys at the traced shape (2, 8) (same values as hf5_tiny.ref.npz) plus "
+        "every key again suffixed _b1_s8, _b3_s8, _b2_s5, _b2_s12 (input_ids_b3_s8 [3,8], "
+        "mambalrp_relevance_b2_s12 [2,12], ...): references for those input shapes")
     arrays, info = make_refs(hf_relfn(model), hf_logits_fn(model), ids)
     extra = {}
     other_ids = {}
@@ -579,6 +582,10 @@ def variant_falcon():
         "tied, random conv bias, mixer_rms_eps default")
     model = build_falcon()
     log(f"  mixer_rms_eps {model.config.mixer_rms_eps}, layer_norm_epsilon {model.config.layer_norm_epsilon}")
+    log("  rule decision: the weightless RMSNorms on dt, B, C sit on the selection path; the SSM rule "
+        "detaches dt, B, C after them (discrete_A, discrete_B, C detached, as for Mamba), so no "
+        "relevance passes through them; mamba_lrp.py also detaches their rsqrt under 'norm' (only "
+        "matters for rule subsets without 'ssm'); gi differentiates through them")
     g = torch.Generator().manual_seed(FALCON_SPEC["seed"] + 12345)
     ids = torch.randint(0, FALCON_SPEC["vocab"], (BATCH, SEQ), generator=g, dtype=torch.int64)
     d = mamba_lrp.check_against_hf(model, ids)
