@@ -100,6 +100,45 @@ fn check_versions(model: &ModelProto, graph: &Graph) -> Result<()> {
     Ok(())
 }
 
+/// Why no Mamba block was found: what the matchers looked for, what they did find, and the
+/// nearest candidates of each rule with what each lacked.
+fn no_block_found(matches: &Matches) -> String {
+    const NEAREST: usize = 4;
+    let mut text = String::from(
+        "no Mamba block found: looked for a selective scan (Softplus(dt_proj(dt)) with dt split from the x_proj \
+         output), SiLU Mul(x, Sigmoid(x)) and RMSNorm x / sqrt(mean(x^2) + eps)",
+    );
+    let found: Vec<String> = rules::Rule::ALL
+        .iter()
+        .map(|&rule| format!("{} {}", matches.count(rule), rule.name()))
+        .collect();
+    text.push_str(&format!("; found {} site(s)", found.join(", ")));
+    for rule in rules::Rule::ALL {
+        let near: Vec<_> = matches
+            .rejections
+            .iter()
+            .filter(|r| r.rule == rule)
+            .collect();
+        if near.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("\n  nearest {} candidates:", rule.name()));
+        for rejection in near.iter().take(NEAREST) {
+            text.push_str(&format!(
+                "\n    - '{}': {}",
+                rejection.node, rejection.reason
+            ));
+        }
+        if near.len() > NEAREST {
+            text.push_str(&format!(
+                "\n    ... and {} more (--explain-matches lists all)",
+                near.len() - NEAREST
+            ));
+        }
+    }
+    text
+}
+
 /// Finds the rule sites of a model without compiling it.
 pub fn find_matches(graph: &Graph) -> Result<(String, Matches)> {
     let embeddings = emit::find_embeddings(graph)?;
@@ -220,6 +259,11 @@ impl Compilation {
     /// one form the matchers read.
     fn canonicalize(&mut self) -> Result<()> {
         self.canonicalized = crate::canon::canonicalize(&mut self.graph)?;
+        if !self.canonicalized.is_empty() {
+            // Values read from ops the compiler could not type (fused contrib ops) get their
+            // types now that the canonical ops compute them.
+            self.graph.reanalyse()?;
+        }
         Ok(())
     }
 
@@ -250,11 +294,7 @@ impl Compilation {
     fn match_rules(&mut self) -> Result<()> {
         let (embeddings, matches) = find_matches(&self.graph)?;
         if matches.count(rules::Rule::Ssm) == 0 {
-            return Err(Error::Unsupported(
-                "no Mamba block found: looked for a selective scan (Softplus(dt_proj(dt)) with dt split from the x_proj \
-                 output), SiLU Mul(x, Sigmoid(x)) and RMSNorm x / sqrt(mean(x^2) + eps)"
-                    .into(),
-            ));
+            return Err(Error::Unsupported(no_block_found(&matches)));
         }
         let mut modifiers = Modifiers {
             prove_linear: self.options.rules.is_complete(),

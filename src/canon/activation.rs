@@ -5,14 +5,21 @@ use crate::error::Result;
 use crate::ir::{is_constant_equal, produced_by, skip_noops, Graph};
 use crate::onnx::attributes;
 
-/// `Swish(x, alpha)` = `x * sigmoid(alpha * x)`.
+/// `Swish(x, alpha)` (opset 24) and ONNX Runtime's `QuickGelu(x, alpha)` (what its extended
+/// optimisation fuses SiLU into, with alpha = 1) = `x * sigmoid(alpha * x)`.
 pub fn swish(graph: &mut Graph, index: usize) -> Result<bool> {
     let node = graph.node(index).clone();
     if !onnx_or_ort_domain(node.domain()) || node.input.is_empty() || node.output.is_empty() {
         return Ok(false);
     }
     let x = node.input[0].clone();
-    let alpha = attributes::float(&node, "alpha").unwrap_or(1.0);
+    // QuickGelu's default alpha is GELU's 1.702; Swish's is 1.
+    let default_alpha = if node.op_type() == "QuickGelu" {
+        1.702
+    } else {
+        1.0
+    };
+    let alpha = attributes::float(&node, "alpha").unwrap_or(default_alpha);
     let scaled = if alpha == 1.0 {
         x.clone()
     } else {

@@ -33,6 +33,11 @@ pub const REWRITES: &[Rewrite] = &[
         apply: activation::swish,
     },
     Rewrite {
+        name: "QuickGelu -> x * Sigmoid(alpha x)",
+        op_type: "QuickGelu",
+        apply: activation::swish,
+    },
+    Rewrite {
         name: "x / (1 + exp(-x)) -> x * Sigmoid(x)",
         op_type: "Div",
         apply: activation::logistic_division,

@@ -42,3 +42,25 @@ pub fn is_constant_equal(graph: &Graph, value: &str, expected: f64) -> bool {
         !v.is_empty() && v.iter().all(|&x| (x - expected).abs() < 1e-6)
     })
 }
+
+/// Follows a value up through no-ops and layout changes (Transpose, Reshape, Squeeze,
+/// Unsqueeze, Flatten): the same elements in another arrangement. ONNX Runtime's optimiser
+/// moves Transposes across elementwise products, between a SiLU and the gate that reads it.
+pub fn skip_layout<'g>(graph: &'g Graph, value: &'g str) -> &'g str {
+    let mut value = skip_noops(graph, value);
+    while let Some((_, node)) = graph.producer(value) {
+        let moves_only = matches!(
+            node.op_type(),
+            "Transpose" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
+        ) && node
+            .input
+            .iter()
+            .skip(1)
+            .all(|i| i.is_empty() || graph.is_constant(i));
+        if !moves_only {
+            break;
+        }
+        value = skip_noops(graph, &node.input[0]);
+    }
+    value
+}

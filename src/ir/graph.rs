@@ -47,6 +47,8 @@ pub struct Graph {
     pub(super) types: HashMap<String, ValueType>,
     pub(super) constants: HashMap<String, Tensor>,
     pub(super) initializer_names: HashSet<String>,
+    /// Values computed by known ops from constants only (see `note_constant_expression`).
+    pub(super) constant_expressions: HashSet<String>,
     /// Each node's op, parsed once when the node is indexed (parallel to `proto.node`).
     pub(super) ops: Vec<Op>,
     pub(super) producers: HashMap<String, (usize, usize)>,
@@ -248,10 +250,12 @@ impl Graph {
         self.initializer_names.contains(value)
     }
 
-    /// True when the value is fixed at compile time (initializer, Constant, folded arithmetic).
+    /// True when the value is fixed at compile time (initializer, Constant, folded arithmetic,
+    /// or a known op of constants).
     pub fn is_constant(&self, value: &str) -> bool {
         self.is_initializer(value)
             || self.constants.contains_key(value)
+            || self.constant_expressions.contains(value)
             || self
                 .producer(value)
                 .is_some_and(|(_, n)| n.op_type() == "Constant")
@@ -364,6 +368,27 @@ impl Graph {
             let output = node.output[0].clone();
             self.constants.insert(output, value);
         }
+        self.note_constant_expression(index);
+    }
+
+    /// Records node `index`'s outputs as constant when the op is a known (deterministic) one
+    /// and all its operands are constant: a transposed or reshaped weight is still a weight.
+    pub(super) fn note_constant_expression(&mut self, index: usize) {
+        let node = &self.proto.node[index];
+        let operands: Vec<&String> = node.input.iter().filter(|i| !i.is_empty()).collect();
+        if self.ops[index].def().is_none()
+            || operands.is_empty()
+            || !operands.iter().all(|i| self.is_constant(i))
+        {
+            return;
+        }
+        let outputs: Vec<String> = node
+            .output
+            .iter()
+            .filter(|o| !o.is_empty())
+            .cloned()
+            .collect();
+        self.constant_expressions.extend(outputs);
     }
 
     /// Element type of a node the compiler creates, from its op and inputs.

@@ -54,6 +54,7 @@ pub(super) fn infer(graph: &mut Graph) -> Result<()> {
         if let Some(value) = graph.op(index).fold(graph, &node)? {
             graph.constants.insert(node.output[0].clone(), value);
         }
+        graph.note_constant_expression(index);
     }
     Ok(())
 }

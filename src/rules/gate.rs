@@ -4,7 +4,16 @@ use std::collections::{HashMap, HashSet};
 
 use super::pattern::skip_noops;
 use super::{Effect, Matches, Rejection, Rule, Site};
+use crate::ir::skip_layout;
 use crate::ir::Graph;
+
+/// A gate multiplies two tensors of the same shape element by element; a product that
+/// broadcasts one operand (dB * u[.., None]) is not a gate.
+fn elementwise_product(graph: &Graph, node: &crate::onnx::proto::NodeProto) -> bool {
+    let shape = |v: &str| graph.shape(v).ok();
+    let out = shape(&node.output[0]);
+    out.is_some() && node.input.iter().all(|i| shape(i) == out)
+}
 
 pub fn find(
     graph: &Graph,
@@ -20,7 +29,7 @@ pub fn find(
             continue;
         }
         for slot in [1, 0] {
-            let gate = skip_noops(graph, &node.input[slot]);
+            let gate = skip_layout(graph, &node.input[slot]);
             if !silu_products.contains_key(gate) {
                 continue;
             }
@@ -33,6 +42,12 @@ pub fn find(
                     rule: Rule::Gate,
                     node: node.name().to_string(),
                     reason: format!("multiplies '{other}' by SiLU '{gate}' of '{gate_input}', which does not depend on the input (already linear)"),
+                });
+            } else if input_dependent.contains(other) && !elementwise_product(graph, node) {
+                matches.rejections.push(Rejection {
+                    rule: Rule::Gate,
+                    node: node.name().to_string(),
+                    reason: format!("multiplies SiLU '{gate}' by '{other}' with broadcasting; a gate multiplies two tensors of one shape element by element"),
                 });
             } else if input_dependent.contains(other) {
                 matches.sites.push(Site {
