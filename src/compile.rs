@@ -9,7 +9,7 @@ use crate::onnx::proto::ModelProto;
 use crate::reroll::{reroll, ScanForm};
 use crate::rules::{self, Effect, Matches, RuleSet, SiluRule};
 
-pub const MAX_IR_VERSION: i64 = 11;
+pub const MAX_IR_VERSION: i64 = 12;
 pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 13..=24;
 
 #[derive(Debug, Clone)]
@@ -139,6 +139,21 @@ fn no_block_found(matches: &Matches) -> String {
     text
 }
 
+/// A linearity failure at a node a matcher considered and rejected says why it was rejected.
+fn with_near_misses(error: Error, matches: &Matches) -> Error {
+    let Error::NotLinear { node, op, mut why } = error else {
+        return error;
+    };
+    for rejection in matches.rejections.iter().filter(|r| r.node == node) {
+        why.push_str(&format!(
+            "; the {} rule considered it and rejected it: {}",
+            rejection.rule.name(),
+            rejection.reason
+        ));
+    }
+    Error::NotLinear { node, op, why }
+}
+
 /// Finds the rule sites of a model without compiling it.
 pub fn find_matches(graph: &Graph) -> Result<(String, Matches)> {
     let embeddings = emit::find_embeddings(graph)?;
@@ -259,11 +274,6 @@ impl Compilation {
     /// one form the matchers read.
     fn canonicalize(&mut self) -> Result<()> {
         self.canonicalized = crate::canon::canonicalize(&mut self.graph)?;
-        if !self.canonicalized.is_empty() {
-            // Values read from ops the compiler could not type (fused contrib ops) get their
-            // types now that the canonical ops compute them.
-            self.graph.reanalyse()?;
-        }
         Ok(())
     }
 
@@ -325,12 +335,13 @@ impl Compilation {
     /// Seeds the explained logit and emits the relevance pass down to the embeddings.
     fn differentiate(&mut self) -> Result<()> {
         let explained = emit::explain_target(&mut self.graph, self.options.target)?;
-        self.grads = Some(autodiff::differentiate(
+        let grads = autodiff::differentiate(
             &mut self.graph,
             &self.embeddings,
             &explained.seeds,
             &self.modifiers,
-        )?);
+        );
+        self.grads = Some(grads.map_err(|e| with_near_misses(e, &self.matches))?);
         self.explained = Some(explained);
         Ok(())
     }

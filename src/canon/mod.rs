@@ -69,6 +69,9 @@ pub const REWRITES: &[Rewrite] = &[
     },
 ];
 
+/// Rounds of rewriting before giving up on reaching a fixed point.
+const MAX_ROUNDS: usize = 16;
+
 /// How many times each rewrite fired.
 pub type Canonicalized = BTreeMap<&'static str, usize>;
 
@@ -76,8 +79,9 @@ pub type Canonicalized = BTreeMap<&'static str, usize>;
 /// nodes nothing reads any more and restores topological order.
 pub fn canonicalize(graph: &mut Graph) -> Result<Canonicalized> {
     let mut fired: Canonicalized = BTreeMap::new();
-    // Each round rewrites every node once; a pattern nests at most a few rewrites deep.
-    for _round in 0..4 {
+    // Each round rewrites, in order, every node whose operands are typed; a fused op whose
+    // operands come from another one not yet rewritten waits for the next round.
+    for _round in 0..MAX_ROUNDS {
         let mut changed = false;
         for index in 0..graph.nodes().len() {
             if !is_read(graph, index) {
@@ -97,6 +101,8 @@ pub fn canonicalize(graph: &mut Graph) -> Result<Canonicalized> {
         }
         topo::remove_dead_nodes(graph, |_| true)?;
         topo::sort_nodes(graph)?;
+        // Values computed from the outputs of ops no rewrite has reached yet are typed now.
+        graph.reanalyse()?;
     }
     Ok(fired)
 }

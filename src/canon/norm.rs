@@ -42,9 +42,13 @@ fn decomposed(
     x: &str,
     scale: Option<&str>,
     spec: &NormSpec,
-) -> Result<String> {
+) -> Result<Option<String>> {
     let dtype = graph.dtype_of(x);
-    let rank = graph.shape(x)?.len() as i64;
+    // Untyped (it reads an op not rewritten yet): a later round will see it typed.
+    let Ok(shape) = graph.shape(x) else {
+        return Ok(None);
+    };
+    let rank = shape.len() as i64;
     let first = if spec.axis < 0 {
         spec.axis + rank
     } else {
@@ -90,10 +94,10 @@ fn decomposed(
     let inverse = graph.op_unary("Reciprocal", &root);
     let normalised = graph.op_binary("Mul", &xs, &inverse);
     let normalised = cast_to(graph, &normalised, dtype);
-    Ok(match scale {
+    Ok(Some(match scale {
         Some(scale) => graph.op_binary("Mul", &normalised, scale),
         None => normalised,
-    })
+    }))
 }
 
 /// True when only the first of `node`'s outputs (and those in `allowed`) is read.
@@ -112,13 +116,10 @@ pub fn rms_normalization(graph: &mut Graph, index: usize) -> Result<bool> {
     if !matches!(node.domain(), "" | "ai.onnx") || node.input.len() < 2 {
         return Ok(false);
     }
-    let y = decomposed(
-        graph,
-        &node,
-        &node.input[0],
-        Some(&node.input[1]),
-        &NormSpec::of(&node),
-    )?;
+    let spec = NormSpec::of(&node);
+    let Some(y) = decomposed(graph, &node, &node.input[0], Some(&node.input[1]), &spec)? else {
+        return Ok(false);
+    };
     graph.substitute(&node.output[0], &y);
     Ok(true)
 }
@@ -130,13 +131,10 @@ pub fn simplified_layer_normalization(graph: &mut Graph, index: usize) -> Result
     {
         return Ok(false);
     }
-    let y = decomposed(
-        graph,
-        &node,
-        &node.input[0],
-        Some(&node.input[1]),
-        &NormSpec::of(&node),
-    )?;
+    let spec = NormSpec::of(&node);
+    let Some(y) = decomposed(graph, &node, &node.input[0], Some(&node.input[1]), &spec)? else {
+        return Ok(false);
+    };
     graph.substitute(&node.output[0], &y);
     Ok(true)
 }
@@ -148,6 +146,9 @@ pub fn skip_simplified_layer_normalization(graph: &mut Graph, index: usize) -> R
     if node.domain() != "com.microsoft" || node.input.len() < 3 || !reads_only(graph, &node, &[3]) {
         return Ok(false);
     }
+    if graph.shape(&node.input[0]).is_err() {
+        return Ok(false);
+    }
     let mut sum = graph.op_binary("Add", &node.input[0], &node.input[1]);
     if let Some(bias) = node.input.get(3).filter(|b| !b.is_empty()) {
         sum = graph.op_binary("Add", &sum, bias);
@@ -156,7 +157,9 @@ pub fn skip_simplified_layer_normalization(graph: &mut Graph, index: usize) -> R
         axis: -1,
         ..NormSpec::of(&node)
     };
-    let y = decomposed(graph, &node, &sum, Some(&node.input[2]), &spec)?;
+    let Some(y) = decomposed(graph, &node, &sum, Some(&node.input[2]), &spec)? else {
+        return Ok(false);
+    };
     graph.substitute(&node.output[0], &y);
     if let Some(residual) = node.output.get(3).filter(|v| !v.is_empty()) {
         graph.substitute(residual, &sum);

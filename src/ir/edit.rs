@@ -105,16 +105,20 @@ impl Graph {
 
     /// Makes everything that reads `old` read `new` instead, graph outputs included: when `old`
     /// is a graph output, `new`'s producer takes over its name (the output keeps its name) and
-    /// the old producer's output is renamed to an unused name.
+    /// the old producer's output is renamed to an unused name. Readers left untyped (they read
+    /// an op the compiler could not type) get their types from `new`.
     pub fn substitute(&mut self, old: &str, new: &str) {
-        if self.output_names().any(|o| o == old) {
+        let now_read = if self.output_names().any(|o| o == old) {
             let retired = self.fresh_name("replaced");
             self.rename_output(old, &retired);
             self.replace_uses(new, old);
             self.rename_output(new, old);
+            old.to_string()
         } else {
             self.replace_uses(old, new);
-        }
+            new.to_string()
+        };
+        self.propagate_types(&now_read);
     }
 
     /// Makes input `slot` of node `index` read `value`.

@@ -371,6 +371,43 @@ impl Graph {
         self.note_constant_expression(index);
     }
 
+    /// Types the readers of `value` (and theirs, transitively) that had no type yet: after a
+    /// rewrite replaced an untyped value (the output of an op the compiler does not know) by a
+    /// typed one, the values computed from it can be typed too.
+    pub fn propagate_types(&mut self, value: &str) {
+        let mut pending: Vec<usize> = self.consumers(value).iter().map(|&(i, _)| i).collect();
+        while let Some(index) = pending.pop() {
+            let node = &self.proto.node[index];
+            if node
+                .output
+                .iter()
+                .all(|o| o.is_empty() || self.types.contains_key(o))
+            {
+                continue;
+            }
+            let Ok(types) = self.ops[index].infer(self, node) else {
+                continue;
+            };
+            let typed: Vec<(String, ValueType)> = node
+                .output
+                .iter()
+                .zip(types)
+                .filter_map(|(name, t)| Some((name.clone(), t?)))
+                .filter(|(name, _)| !self.types.contains_key(name))
+                .collect();
+            for (name, t) in typed {
+                pending.extend(self.consumers(&name).iter().map(|&(i, _)| i));
+                self.types.insert(name, t);
+            }
+            let node = &self.proto.node[index];
+            if let Ok(Some(folded)) = self.ops[index].fold(self, node) {
+                let output = node.output[0].clone();
+                self.constants.insert(output, folded);
+            }
+            self.note_constant_expression(index);
+        }
+    }
+
     /// Records node `index`'s outputs as constant when the op is a known (deterministic) one
     /// and all its operands are constant: a transposed or reshaped weight is still a weight.
     pub(super) fn note_constant_expression(&mut self, index: usize) {
