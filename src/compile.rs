@@ -249,16 +249,29 @@ impl Compilation {
                 )));
             }
         }
+        let mut options = options.clone();
+        // An export with symbolic axes compiles to a model with them (the compact scan forms
+        // serve any length and batch; the unrolled form stays at the traced sizes).
+        if options.scan.kind().is_some() {
+            for axis in graph.exported_axes() {
+                match axis.axis {
+                    0 => options.dynamic_batch = true,
+                    1 => options.dynamic_sequence = true,
+                    _ => {}
+                }
+            }
+        }
+        let chunk_len = options
+            .chunk_len
+            .unwrap_or_else(|| options.scan.default_chunk_len());
         Ok(Compilation {
-            options: options.clone(),
+            options,
             nodes_original: graph.nodes().len(),
             model,
             graph,
             canonicalized: Default::default(),
             rerolled_scans: 0,
-            chunk_len: options
-                .chunk_len
-                .unwrap_or_else(|| options.scan.default_chunk_len()),
+            chunk_len,
             embeddings: String::new(),
             matches: Matches::default(),
             modifiers: Modifiers::default(),

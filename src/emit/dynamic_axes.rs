@@ -83,9 +83,7 @@ pub fn make_batch_symbolic(
     let full_shape = graph.add_node("Shape", &[reference], vec![]);
     let batch = graph.op_slice(&full_shape, 0, 0, 1);
     for h0 in initial_states {
-        let zero = graph
-            .constant(&h0)
-            .is_some_and(|t| t.to_f64_vec().iter().all(|&v| v == 0.0));
+        let zero = crate::ir::is_zero_fill(graph, &h0);
         let shape = graph.shape(&h0)?.to_vec();
         let [b, d, n] = shape[..] else {
             return Err(Error::tensor(&h0, "initial state is not [B, D, N]"));

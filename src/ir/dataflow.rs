@@ -64,3 +64,23 @@ pub fn skip_layout<'g>(graph: &'g Graph, value: &'g str) -> &'g str {
     }
     value
 }
+
+/// True when `value` is all zeros whatever the input: a zero constant, or zeros made at run time
+/// in a runtime shape (`ConstantOfShape` with a zero or no value, `Expand` of a zero), as
+/// exports with a dynamic batch make the initial SSM state.
+pub fn is_zero_fill(graph: &Graph, value: &str) -> bool {
+    let value = skip_noops(graph, value);
+    if let Some(t) = graph.constant(value) {
+        return t.to_f64_vec().iter().all(|&v| v == 0.0);
+    }
+    match graph.producer(value) {
+        Some((_, node)) if node.op_type() == "ConstantOfShape" => {
+            crate::onnx::attributes::find(node, "value")
+                .and_then(|a| a.t.as_ref())
+                .and_then(|t| crate::onnx::tensor::tensor_from_proto(t).ok().flatten())
+                .is_none_or(|t| t.to_f64_vec().iter().all(|&v| v == 0.0))
+        }
+        Some((_, node)) if node.op_type() == "Expand" => is_zero_fill(graph, &node.input[0]),
+        _ => false,
+    }
+}

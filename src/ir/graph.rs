@@ -1,6 +1,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::scan::SelectiveScan;
+use super::symbols::ExportedAxis;
 use super::DType;
 use crate::error::{Error, Result};
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
@@ -63,6 +64,8 @@ pub struct Graph {
     pub(super) minted: HashSet<String>,
     /// The selective-scan `Scan`s the compiler emitted, by their first output.
     pub(super) selective_scans: HashMap<String, SelectiveScan>,
+    /// The export's symbolic input dims and the sizes analysis gave them.
+    pub(super) exported_axes: Vec<ExportedAxis>,
 }
 
 impl Graph {
@@ -119,7 +122,7 @@ impl Graph {
             ..Default::default()
         };
         graph.index()?;
-        super::shapes::infer(&mut graph)?;
+        graph.exported_axes = super::symbols::infer_with_traced_sizes(&mut graph)?;
         Ok(graph)
     }
 
@@ -132,6 +135,7 @@ impl Graph {
         let mut fresh = Graph::analyse(proto, self.opset, symbolic_dims)?;
         fresh.minted = std::mem::take(&mut self.minted);
         fresh.selective_scans = std::mem::take(&mut self.selective_scans);
+        fresh.exported_axes = std::mem::take(&mut self.exported_axes);
         *self = fresh;
         Ok(())
     }
@@ -229,6 +233,12 @@ impl Graph {
 
     pub fn node(&self, index: usize) -> &NodeProto {
         &self.proto.node[index]
+    }
+
+    /// The symbolic (dynamic) input axes the export declared, with the traced sizes the
+    /// analysis uses; the declarations now carry those sizes.
+    pub fn exported_axes(&self) -> &[ExportedAxis] {
+        &self.exported_axes
     }
 
     /// The parsed op of node `index`.

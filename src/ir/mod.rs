@@ -8,10 +8,12 @@ mod graph;
 mod ops;
 pub mod scan;
 pub mod shapes;
+mod symbols;
 pub mod topo;
 
 pub use crate::onnx::{value_info, DType};
-pub use dataflow::{is_constant_equal, produced_by, skip_layout, skip_noops};
+pub use dataflow::{is_constant_equal, is_zero_fill, produced_by, skip_layout, skip_noops};
 pub use edit::{node_key, Edge};
 pub use graph::{Graph, ValueType, BATCH_AXIS, BATCH_SIZE_KEY, SEQUENCE_AXIS, SEQUENCE_LENGTH_KEY};
 pub use scan::{ScanDirection, ScanKind, SelectiveScan};
+pub use symbols::ExportedAxis;
