@@ -27,9 +27,18 @@ pub(super) fn emit(
         ScanKind::Chunked => log_decay_of(graph, &chain.decay)?,
     };
     let dtype = graph.dtype_of(&chain.decay);
+    // Time-first dA and dB*u `[B, S, D, N]` go to the Scan's `[B, D, S, N]`.
+    let (decay, chain_input) = if chain.step_axis == 1 {
+        (
+            graph.op_transpose(&decay, &[0, 2, 1, 3]),
+            graph.op_transpose(&chain.input, &[0, 2, 1, 3]),
+        )
+    } else {
+        (decay, chain.input.clone())
+    };
     let mut operands = Vec::new();
     // In the Scan's operand order (scan::H0, DECAY, INPUT, READOUT).
-    for value in [&chain.h0, &decay, &chain.input, &chain.readout] {
+    for value in [&chain.h0, &decay, &chain_input, &chain.readout] {
         operands.push(if graph.dtype_of(value) == dtype {
             value.clone()
         } else {
@@ -84,6 +93,9 @@ pub(super) fn emit(
     if let Some(seq) = &seq {
         let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
         y = graph.add_node("Slice", &[&y, &start, seq, &axis], vec![]);
+    }
+    if chain.stacked_axis == 1 {
+        y = graph.op_transpose(&y, &[0, 2, 1]);
     }
     let stacked_dtype = graph.dtype_of(&chain.stacked);
     if stacked_dtype != dtype {
