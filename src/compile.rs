@@ -139,15 +139,32 @@ fn no_block_found(matches: &Matches) -> String {
     text
 }
 
-/// A linearity failure at a node a matcher considered and rejected says why it was rejected.
-fn with_near_misses(error: Error, matches: &Matches) -> Error {
+/// A linearity failure at a node a matcher considered (or at the operand of one, as a Tanh
+/// where a SiLU needs a Sigmoid) says why the matcher rejected it.
+fn with_near_misses(error: Error, graph: &Graph, matches: &Matches) -> Error {
     let Error::NotLinear { node, op, mut why } = error else {
         return error;
     };
-    for rejection in matches.rejections.iter().filter(|r| r.node == node) {
+    let mut related = vec![node.clone()];
+    if let Some(failing) = graph.nodes().iter().find(|n| n.name() == node) {
+        for output in &failing.output {
+            related.extend(
+                graph
+                    .consumers(output)
+                    .iter()
+                    .map(|&(i, _)| graph.node(i).name().to_string()),
+            );
+        }
+    }
+    for rejection in matches
+        .rejections
+        .iter()
+        .filter(|r| related.contains(&r.node))
+    {
         why.push_str(&format!(
-            "; the {} rule considered it and rejected it: {}",
+            "; the {} rule considered '{}' and rejected it: {}",
             rejection.rule.name(),
+            rejection.node,
             rejection.reason
         ));
     }
@@ -354,7 +371,7 @@ impl Compilation {
             &explained.seeds,
             &self.modifiers,
         );
-        self.grads = Some(grads.map_err(|e| with_near_misses(e, &self.matches))?);
+        self.grads = Some(grads.map_err(|e| with_near_misses(e, &self.graph, &self.matches))?);
         self.explained = Some(explained);
         Ok(())
     }

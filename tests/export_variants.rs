@@ -192,3 +192,28 @@ fn a_dynamic_axes_export_compiles_to_a_model_with_symbolic_axes() {
         assert_eq!(dims, axes, "{name}");
     }
 }
+
+#[test]
+fn a_silu_written_with_tanh_is_refused_naming_the_product_and_the_near_miss() {
+    let mut model = load(common::FIXTURES[0], "");
+    let graph = model.graph.as_mut().unwrap();
+    let sigmoid = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == "Sigmoid")
+        .expect("a SiLU's Sigmoid");
+    sigmoid.op_type = Some("Tanh".into());
+    let tanh_name = sigmoid.name().to_string();
+    let error = mambalrp::compile(&model, &mambalrp::Options::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    println!("{error}");
+    assert!(error.contains("is not linear"), "{error}");
+    assert!(
+        error.contains(&format!(
+            "by Tanh '{tanh_name}' of it: a SiLU is x * Sigmoid(x)"
+        )),
+        "{error}"
+    );
+}

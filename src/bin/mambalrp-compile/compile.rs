@@ -298,8 +298,15 @@ fn compile_options(args: &CompileArgs) -> Options {
     }
 }
 
-/// `--explain-matches`: every rule site and every rejected candidate.
+/// `--explain-matches`: the canonicalising rewrites, every rule site and every rejected
+/// candidate.
 fn print_matches(report: &CompileReport) {
+    if !report.canonicalized.is_empty() {
+        println!("canonicalised:");
+        for (rewrite, count) in &report.canonicalized {
+            println!("  * {rewrite} ({count}x)");
+        }
+    }
     println!("rule sites ({}):", report.sites.len());
     report.sites.iter().for_each(|s| println!("  + {s}"));
     println!(
