@@ -31,9 +31,20 @@ pub fn find_embeddings(graph: &Graph) -> Result<String> {
             return Ok(node.output[0].clone());
         }
     }
-    Err(Error::Unsupported(
+    let seen: Vec<String> = inputs
+        .iter()
+        .map(|name| match graph.value_type(name) {
+            Ok(t) => format!("'{name}' {} {:?}", t.dtype, t.shape),
+            Err(_) => format!("'{name}' of unknown shape"),
+        })
+        .collect();
+    Err(Error::Unsupported(format!(
         "no token embedding found: looked for a float [batch, seq, hidden] graph input or a Gather of a [vocab, hidden] \
-         weight table by integer graph-input token ids"
-            .into(),
-    ))
+         weight table by integer graph-input token ids; the graph inputs are {}",
+        if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.join(", ")
+        }
+    )))
 }
