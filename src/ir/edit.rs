@@ -168,13 +168,22 @@ impl Graph {
     /// removed nodes lose their types.
     pub fn retain_nodes(&mut self, mut keep: impl FnMut(&NodeProto) -> bool) {
         let mut removed = Vec::new();
+        let kept: Vec<bool> = self.proto.node.iter().map(&mut keep).collect();
+        let mut index = 0;
         self.proto.node.retain(|node| {
-            let kept = keep(node);
-            if !kept {
+            index += 1;
+            if !kept[index - 1] {
                 removed.extend(node.output.iter().cloned());
             }
-            kept
+            kept[index - 1]
         });
+        if self.ops.len() == kept.len() {
+            let mut index = 0;
+            self.ops.retain(|_| {
+                index += 1;
+                kept[index - 1]
+            });
+        }
         for value in removed {
             self.types.remove(&value);
             self.created_dtypes.remove(&value);

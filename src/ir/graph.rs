@@ -185,20 +185,36 @@ impl Graph {
 
     /// Rebuilds the producer and consumer indexes after nodes were removed.
     pub fn reindex(&mut self) {
-        self.ops.clear();
+        // The parsed ops stay when they still line up with the nodes (removal and reordering
+        // keep them in step); otherwise every node is parsed again.
+        if self.ops.len() != self.proto.node.len() {
+            self.ops = self
+                .proto
+                .node
+                .iter()
+                .map(|node| Op::parse(node, self.opset))
+                .collect::<Result<_>>()
+                .expect("the graph was valid before the edit");
+        }
         self.producers.clear();
         self.consumers.clear();
         for index in 0..self.proto.node.len() {
-            self.index_node(index)
-                .expect("the graph was valid before the removal");
+            self.index_edges(index)
+                .expect("the graph was valid before the edit");
         }
     }
 
+    /// Parses node `index` (the last one, or one being re-indexed in order) and indexes it.
     pub(super) fn index_node(&mut self, index: usize) -> Result<()> {
-        let node = &self.proto.node[index];
-        let op = Op::parse(node, self.opset)?;
+        let op = Op::parse(&self.proto.node[index], self.opset)?;
         self.ops.truncate(index);
         self.ops.push(op);
+        self.index_edges(index)
+    }
+
+    /// Records node `index` as the producer of its outputs and a consumer of its inputs.
+    fn index_edges(&mut self, index: usize) -> Result<()> {
+        let node = &self.proto.node[index];
         self.used_names.insert(node.name().to_string());
         for (slot, output) in node.output.iter().enumerate() {
             if output.is_empty() {
@@ -225,6 +241,24 @@ impl Graph {
             }
         }
         Ok(())
+    }
+
+    /// Reorders the nodes (and their parsed ops) to `order`, a permutation of the indexes.
+    pub(super) fn permute_nodes(&mut self, order: &[usize]) {
+        let mut nodes: Vec<Option<NodeProto>> = std::mem::take(&mut self.proto.node)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut ops: Vec<Option<Op>> = std::mem::take(&mut self.ops)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.proto.node = order.iter().filter_map(|&i| nodes[i].take()).collect();
+        self.ops = order
+            .iter()
+            .filter_map(|&i| ops.get_mut(i)?.take())
+            .collect();
+        self.reindex();
     }
 
     pub fn nodes(&self) -> &[NodeProto] {

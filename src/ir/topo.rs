@@ -103,11 +103,6 @@ fn live_nodes(graph: &Graph, removable: impl Fn(&NodeProto) -> bool) -> Result<V
 /// Reorders the nodes topologically (a rewrite may have appended a producer after its readers).
 pub fn sort_nodes(graph: &mut Graph) -> Result<()> {
     let order = order(graph)?;
-    let mut nodes: Vec<Option<NodeProto>> = std::mem::take(&mut graph.proto.node)
-        .into_iter()
-        .map(Some)
-        .collect();
-    graph.proto.node = order.into_iter().filter_map(|i| nodes[i].take()).collect();
-    graph.reindex();
+    graph.permute_nodes(&order);
     Ok(())
 }

@@ -6,7 +6,7 @@ use super::chain::Chain;
 use super::{bodies, chunked, ScanKind, SELECTIVE_SCAN, SELECTIVE_SCAN_CHUNKED};
 use crate::error::{Error, Result};
 use crate::ir::scan::{self, SelectiveScan};
-use crate::ir::{node_key, skip_noops, Graph};
+use crate::ir::{skip_noops, Graph};
 use crate::onnx::attributes::{make_graph, make_int, make_ints};
 
 /// Replaces one unrolled chain by a Scan over chunks of `len` steps of the given kind: the
@@ -105,7 +105,9 @@ pub(super) fn emit(
             vec![make_int("to", stacked_dtype.onnx() as i64)],
         );
     }
-    graph.retain_nodes(|n| node_key(n) != chain.stacked);
+    // The Concat gives up the stacked name (it is dead now; the caller's sweep removes it).
+    let retired = graph.fresh_name("unrolled_stack");
+    graph.rename_output(&chain.stacked, &retired);
     graph.rename_output(&y, &chain.stacked);
     Ok(())
 }
