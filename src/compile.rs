@@ -61,6 +61,8 @@ pub struct CompileReport {
     pub chunk_len: Option<usize>,
     /// How often each canonicalising rewrite fired.
     pub canonicalized: BTreeMap<String, usize>,
+    /// The export's symbolic input axes and the sizes they were analysed at.
+    pub exported_axes: Vec<String>,
     /// Selective-scan chains replaced by a `Scan` node.
     pub rerolled_scans: usize,
     pub nodes_original: usize,
@@ -501,6 +503,11 @@ impl Compilation {
                 ScanForm::Unrolled
             },
             chunk_len: rerolled.then_some(self.chunk_len),
+            exported_axes: graph
+                .exported_axes()
+                .iter()
+                .map(|a| format!("axis {} '{}' analysed at {}", a.axis, a.symbol, a.traced))
+                .collect(),
             canonicalized: self
                 .canonicalized
                 .iter()

@@ -339,6 +339,17 @@ fn print_summary(
         report.relevance_path_nodes,
         serde_json::to_string(&report.site_counts)?
     );
+    if !report.exported_axes.is_empty() {
+        let kept = if report.scan == mambalrp::reroll::ScanForm::Unrolled {
+            "fixed (the unrolled form runs at the traced sizes only)"
+        } else {
+            "kept symbolic"
+        };
+        println!(
+            "  symbolic input axes of the export ({}): {kept}",
+            report.exported_axes.join(", ")
+        );
+    }
     println!(
         "  load {:.2}s, compile {:.2}s, verify {:.2}s, write {:.2}s, peak memory {}",
         costs.load_seconds,
