@@ -180,6 +180,22 @@ pub fn find_matches(graph: &Graph) -> Result<(String, Matches)> {
     Ok((embeddings, rules::match_all(graph, &dependent)))
 }
 
+/// What the matchers see in `model` after canonicalisation: for `--explain-matches` when a
+/// compile fails. Without embeddings every value counts as input-dependent.
+pub fn explain(model: &ModelProto) -> Result<(crate::canon::Canonicalized, Matches)> {
+    let mut graph = Graph::from_model(model)?;
+    let canonicalized = crate::canon::canonicalize(&mut graph)?;
+    let dependent = match emit::find_embeddings(&graph) {
+        Ok(embeddings) => autodiff::input_dependent(&graph, &embeddings)?,
+        Err(_) => graph
+            .nodes()
+            .iter()
+            .flat_map(|n| n.output.iter().cloned())
+            .collect(),
+    };
+    Ok((canonicalized, rules::match_all(&graph, &dependent)))
+}
+
 /// Compiles a copy of `model`.
 pub fn compile(model: &ModelProto, options: &Options) -> Result<Compiled> {
     compile_owned(model.clone(), options)

@@ -197,6 +197,40 @@ fn a_model_without_mamba_blocks_is_refused_saying_what_was_looked_for() {
 }
 
 #[test]
+fn a_near_miss_is_named_and_explain_matches_lists_every_candidate_when_compiling_fails() {
+    // dt_proj no longer a matrix product: the SSM rule finds no site.
+    let mut model = load("tiny_convbias", "");
+    for n in &mut model.graph.as_mut().unwrap().node {
+        if n.op_type() == "MatMul" && n.name().contains("dt_proj") {
+            n.op_type = Some("Gather".into());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (path, out) = (dir.path().join("broken.onnx"), dir.path().join("out.onnx"));
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    let result = cli(&[
+        arg(&path),
+        "-o",
+        arg(&out),
+        "--no-verify",
+        "--explain-matches",
+    ]);
+    assert_eq!(result.status.code(), Some(2));
+    let message = text(&result);
+    for expected in [
+        "found 4 silu, 3 norm, 0 ssm",
+        "nearest ssm candidates",
+        "'/backbone/layers.0/mixer/Softplus': its input is a slice of",
+        "with no dt_proj matrix product in between",
+        "rejected candidates (",
+        "rule sites (7):",
+    ] {
+        assert!(message.contains(expected), "no '{expected}' in:\n{message}");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
 fn large_model_files_are_memory_mapped_and_compile_alike() {
     // Files of 64 MiB and more are mapped instead of read; pad a bundled model past that size
     // with an unused initializer and check the compile is the same as for the small file.

@@ -8,11 +8,22 @@ use crate::ir::skip_layout;
 use crate::ir::Graph;
 
 /// A gate multiplies two tensors of the same shape element by element; a product that
-/// broadcasts one operand (dB * u[.., None]) is not a gate.
-fn elementwise_product(graph: &Graph, node: &crate::onnx::proto::NodeProto) -> bool {
-    let shape = |v: &str| graph.shape(v).ok();
-    let out = shape(&node.output[0]);
-    out.is_some() && node.input.iter().all(|i| shape(i) == out)
+/// broadcasts one operand (dB * u[.., None]) is not a gate. Says why not.
+fn elementwise_product(graph: &Graph, node: &crate::onnx::proto::NodeProto) -> Result<(), String> {
+    let shapes: Option<Vec<&[usize]>> = node
+        .input
+        .iter()
+        .chain(&node.output)
+        .map(|v| graph.shape(v).ok())
+        .collect();
+    match shapes {
+        None => Err("its operand shapes are unknown".into()),
+        Some(s) if s.iter().all(|shape| *shape == s[0]) => Ok(()),
+        Some(s) => Err(format!(
+            "it broadcasts {:?} with {:?}; a gate multiplies two tensors of one shape element by element",
+            s[0], s[1]
+        )),
+    }
 }
 
 pub fn find(
@@ -43,11 +54,14 @@ pub fn find(
                     node: node.name().to_string(),
                     reason: format!("multiplies '{other}' by SiLU '{gate}' of '{gate_input}', which does not depend on the input (already linear)"),
                 });
-            } else if input_dependent.contains(other) && !elementwise_product(graph, node) {
+            } else if let (true, Err(why)) = (
+                input_dependent.contains(other),
+                elementwise_product(graph, node),
+            ) {
                 matches.rejections.push(Rejection {
                     rule: Rule::Gate,
                     node: node.name().to_string(),
-                    reason: format!("multiplies SiLU '{gate}' by '{other}' with broadcasting; a gate multiplies two tensors of one shape element by element"),
+                    reason: format!("multiplies SiLU '{gate}' by '{other}', but {why}"),
                 });
             } else if input_dependent.contains(other) {
                 matches.sites.push(Site {

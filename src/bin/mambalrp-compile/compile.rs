@@ -183,6 +183,10 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         costs.verify_seconds = seconds;
     }
     let (compiled, seconds) = phase(&progress, "compiling", || compile_owned(model, &options));
+    if compiled.is_err() && args.explain_matches {
+        progress.finish_and_clear();
+        print_candidates(model_path);
+    }
     let mut compiled =
         compiled.with_context(|| format!("cannot compile {}", model_path.display()))?;
     return_freed_memory();
@@ -281,6 +285,28 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+/// `--explain-matches` after a failed compile: what the matchers found and rejected.
+fn print_candidates(model_path: &Path) {
+    let explained = onnx::load_model_mapped(model_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|loaded| Ok(mambalrp::compile::explain(&loaded.model)?));
+    let Ok((canonicalized, matches)) = explained else {
+        return;
+    };
+    for (rewrite, count) in &canonicalized {
+        println!("canonicalised: {rewrite} ({count}x)");
+    }
+    println!("rule sites ({}):", matches.sites.len());
+    matches
+        .sites
+        .iter()
+        .for_each(|s| println!("  + {}", s.label()));
+    println!("rejected candidates ({}):", matches.rejections.len());
+    for r in &matches.rejections {
+        println!("  - {} '{}': {}", r.rule.name(), r.node, r.reason);
+    }
 }
 
 /// The compiler options the command line asks for.
