@@ -114,6 +114,19 @@ fn check_variant(name: &str, other_sizes: &[&str]) {
             rerolled,
             "{name} {scan}: the selective scan was not re-rolled"
         );
+        let nonstandard: Vec<&str> = compiled
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| !matches!(n.domain(), "" | "ai.onnx"))
+            .map(|n| n.op_type())
+            .collect();
+        assert!(
+            nonstandard.is_empty(),
+            "{name} {scan}: the compiled model keeps non-standard ops {nonstandard:?}"
+        );
         // tract (slow in debug builds) runs the default form; ONNX Runtime runs both.
         let runtimes: &[Runtime] = match scan {
             ScanForm::Rolled => &[Runtime::Tract, Runtime::OnnxRuntime],
