@@ -13,6 +13,7 @@ pub mod canon;
 pub mod compile;
 pub mod emit;
 pub mod error;
+pub mod explain;
 pub mod ir;
 pub mod onnx;
 pub mod ops;

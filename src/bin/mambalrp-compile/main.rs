@@ -4,6 +4,7 @@
 //! or a model the compiler cannot handle.
 mod check;
 mod compile;
+mod explain;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Check relevance conservation of a compiled model (for CI gates).
     Check(check::CheckArgs),
+    /// Explain texts with a compiled model: token relevance as a heatmap, HTML or JSON.
+    Explain(explain::ExplainArgs),
 }
 
 /// What a command found, beyond errors.
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Check(args)) => check::run(args),
+        Some(Command::Explain(args)) => explain::run(args),
         None => compile::run(&cli.compile),
     };
     match result {

@@ -1,0 +1,275 @@
+//! `mambalrp-compile explain`: text in through a tokenizer.json, relevance out as a terminal
+//! heatmap, HTML and JSON, equal to the compiled model's own `relevance` output; and the clear
+//! refusals (missing tokenizer, text too long for a static model, --target without
+//! `lrp_target`, a model that is not compiled).
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use mambalrp::onnx::Tensor;
+use mambalrp::{compile, Options};
+use prost::Message;
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A word-level tokenizer.json for the tiny fixtures' 64-token vocabulary: words `w0`..`w63`.
+fn write_tokenizer(dir: &Path) -> PathBuf {
+    let vocab: Vec<String> = (0..64).map(|i| format!("\"w{i}\": {i}")).collect();
+    let json = format!(
+        "{{\"version\": \"1.0\", \"truncation\": null, \"padding\": null, \"added_tokens\": [], \
+         \"normalizer\": null, \"pre_tokenizer\": {{\"type\": \"Whitespace\"}}, \"post_processor\": null, \
+         \"decoder\": null, \"model\": {{\"type\": \"WordLevel\", \"vocab\": {{{}}}, \"unk_token\": \"w0\"}}}}",
+        vocab.join(", ")
+    );
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+/// tiny_convbias compiled with the given options, written to `dir`.
+fn compiled(dir: &Path, name: &str, options: Options) -> PathBuf {
+    let model = compile(&load("tiny_convbias", ""), &options).unwrap().model;
+    let path = dir.join(name);
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+fn dynamic() -> Options {
+    Options {
+        dynamic_sequence: true,
+        dynamic_batch: true,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn explains_texts_with_relevances_equal_to_the_models_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = write_tokenizer(dir.path());
+    let model = compiled(dir.path(), "lrp.onnx", dynamic());
+    let (json, html) = (dir.path().join("e.json"), dir.path().join("e.html"));
+    let texts = ["w1 w5 w9 w3 w7", "w2  w2 w60"];
+    let result = cli(&[
+        "explain",
+        arg(&model),
+        "--tokenizer",
+        arg(&tokenizer),
+        "--text",
+        texts[0],
+        "--text",
+        texts[1],
+        "--json",
+        arg(&json),
+        "--html",
+        arg(&html),
+        "--no-color",
+    ]);
+    let printed = text(&result);
+    assert_eq!(result.status.code(), Some(0), "{printed}");
+    assert!(
+        printed.contains("w9(") && printed.contains("explains next token 'w"),
+        "{printed}"
+    );
+
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let entries = written.as_array().expect("an array for several texts");
+    let compiled_model = mambalrp::onnx::load_model(&model).unwrap();
+    for (entry, text) in entries.iter().zip(texts) {
+        assert_eq!(entry["text"], text);
+        let ids: Vec<i64> = entry["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let expected_ids: Vec<i64> = text
+            .split_whitespace()
+            .map(|w| w[1..].parse().unwrap())
+            .collect();
+        assert_eq!(ids, expected_ids);
+        let tokens: Vec<&str> = entry["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(tokens, text.split_whitespace().collect::<Vec<_>>());
+        // The same ids through the compiled model directly.
+        let input = Tensor::I64(
+            ndarray::Array2::from_shape_vec((1, ids.len()), ids.clone())
+                .unwrap()
+                .into_dyn(),
+        );
+        let outputs =
+            mambalrp::verify::run_ort(&compiled_model, &[("input_ids".to_string(), input)])
+                .expect("ONNX Runtime is needed for this test");
+        let relevance = output(&outputs, "relevance");
+        for (ours, theirs) in entry["relevance"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(relevance.iter())
+        {
+            let ours = ours.as_f64().unwrap() as f32;
+            assert!(
+                (ours - theirs).abs() <= 1e-5 * theirs.abs().max(1.0),
+                "{ours} vs {theirs}"
+            );
+        }
+        let logit = entry["logit"].as_f64().unwrap();
+        assert!((logit as f32 - output(&outputs, "relevance_target_logit")[0]).abs() <= 1e-5);
+        assert!(entry["residual"].as_f64().unwrap().abs() <= 1e-5 * logit.abs().max(1.0));
+        assert_eq!(
+            entry["target_token"].as_str().unwrap(),
+            format!("w{}", entry["target"].as_i64().unwrap())
+        );
+    }
+
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    for word in ["w1", "w60", "relevance", "class=\"legend\""] {
+        assert!(page.contains(word), "no {word} in the page");
+    }
+    assert!(
+        !page.contains("http://") && !page.contains("https://") && !page.contains("src="),
+        "the page must not fetch anything"
+    );
+}
+
+#[test]
+fn one_text_gives_one_json_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = write_tokenizer(dir.path());
+    let model = compiled(dir.path(), "lrp.onnx", dynamic());
+    let json = dir.path().join("one.json");
+    let result = cli(&[
+        "explain",
+        arg(&model),
+        "--tokenizer",
+        arg(&tokenizer),
+        "--text",
+        "w4 w8",
+        "--json",
+        arg(&json),
+    ]);
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result));
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(written.is_object(), "{written}");
+    assert_eq!(written["ids"], serde_json::json!([4, 8]));
+}
+
+#[test]
+fn bad_inputs_are_refused_with_exit_2_and_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = write_tokenizer(dir.path());
+    let dynamic_model = compiled(dir.path(), "dynamic.onnx", dynamic());
+    let static_model = compiled(dir.path(), "static.onnx", Options::default());
+    let original = model_path("tiny_convbias", "");
+    let missing = dir.path().join("missing.json");
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, "{ not json").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                arg(&dynamic_model),
+                "--tokenizer",
+                arg(&missing),
+                "--text",
+                "w1",
+            ],
+            "cannot read the tokenizer",
+        ),
+        (
+            vec![
+                arg(&dynamic_model),
+                "--tokenizer",
+                arg(&broken),
+                "--text",
+                "w1",
+            ],
+            "cannot read the tokenizer",
+        ),
+        (
+            vec![
+                arg(&static_model),
+                "--tokenizer",
+                arg(&tokenizer),
+                "--text",
+                "w1 w2 w3",
+            ],
+            "has 3 tokens, but",
+        ),
+        (
+            vec![
+                arg(&dynamic_model),
+                "--tokenizer",
+                arg(&tokenizer),
+                "--text",
+                "w1",
+                "--target",
+                "w3",
+            ],
+            "--target needs a model compiled with --target input",
+        ),
+        (
+            vec![
+                arg(&original),
+                "--tokenizer",
+                arg(&tokenizer),
+                "--text",
+                "w1",
+            ],
+            "is not a model compiled by mambalrp",
+        ),
+        (
+            vec![arg(&dynamic_model), "--tokenizer", arg(&tokenizer)],
+            "nothing to explain",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["explain"];
+        full.extend(args);
+        let result = cli(&full);
+        let message = text(&result);
+        assert_eq!(result.status.code(), Some(2), "{full:?}: {message}");
+        assert!(
+            message.contains(expected),
+            "{full:?}: expected '{expected}' in {message}"
+        );
+    }
+}
+
+#[test]
+fn a_model_compiled_for_a_target_explains_the_given_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = write_tokenizer(dir.path());
+    let options = Options {
+        target: mambalrp::emit::TargetMode::Input,
+        ..dynamic()
+    };
+    let model = compiled(dir.path(), "target.onnx", options);
+    let json = dir.path().join("t.json");
+    let result = cli(&[
+        "explain",
+        arg(&model),
+        "--tokenizer",
+        arg(&tokenizer),
+        "--text",
+        "w1 w2 w3",
+        "--target",
+        "w42",
+        "--json",
+        arg(&json),
+    ]);
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result));
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(written["target"], 42);
+    assert_eq!(written["target_token"], "w42");
+    assert!(written["residual"].as_f64().unwrap().abs() <= 1e-5);
+}
