@@ -273,3 +273,197 @@ fn a_model_compiled_for_a_target_explains_the_given_token() {
     assert_eq!(written["target_token"], "w42");
     assert!(written["residual"].as_f64().unwrap().abs() <= 1e-5);
 }
+
+fn keys_dir() -> PathBuf {
+    fixtures_dir().join("keys")
+}
+
+fn array_f32(arrays: &[(String, Tensor)], name: &str) -> ndarray::ArrayD<f32> {
+    match &arrays.iter().find(|(n, _)| n == name).unwrap().1 {
+        Tensor::F32(a) => a.clone(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// Mean rank (1 = most relevant) of the key tokens under the relevances in an `explain --json`.
+fn mean_key_rank(explained: &serde_json::Value, key_mask: &ndarray::ArrayD<bool>) -> f64 {
+    let (mut total, mut count) = (0.0, 0);
+    for (n, entry) in explained.as_array().unwrap().iter().enumerate() {
+        let relevance: Vec<f64> = entry["relevance"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (position, &r) in relevance.iter().enumerate() {
+            if key_mask[[n, position]] {
+                total += 1.0 + relevance.iter().filter(|&&other| other > r).count() as f64;
+                count += 1;
+            }
+        }
+    }
+    total / count as f64
+}
+
+/// On the trained keys model (models/fixtures/keys): MambaLRP's ΔA^F beats gradient x input's
+/// and a random order's, its keys rank far better, and the areas are the ones the PyTorch script
+/// measured with the same definitions.
+#[test]
+fn on_the_trained_model_mambalrp_is_more_faithful_than_gradient_times_input_and_random() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = mambalrp::onnx::load_model(&keys_dir().join("keys_model.onnx")).unwrap();
+    let compile_to = |name: &str, rules: &str| {
+        let options = Options {
+            rules: rules.parse().unwrap(),
+            ..Options::default()
+        };
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            compile(&model, &options).unwrap().model.encode_to_vec(),
+        )
+        .unwrap();
+        path
+    };
+    let (lrp, gi) = (
+        compile_to("lrp.onnx", "mambalrp"),
+        compile_to("gi.onnx", "gi"),
+    );
+    let (tokenizer, texts) = (
+        keys_dir().join("tokenizer.json"),
+        keys_dir().join("eval.txt"),
+    );
+    let (json, plot) = (
+        dir.path().join("evaluation.json"),
+        dir.path().join("curves.svg"),
+    );
+    let result = cli(&[
+        "evaluate",
+        arg(&lrp),
+        "--compare",
+        arg(&gi),
+        "--texts",
+        arg(&texts),
+        "--tokenizer",
+        arg(&tokenizer),
+        "--json",
+        arg(&json),
+        "--plot",
+        arg(&plot),
+    ]);
+    let printed = text(&result);
+    assert_eq!(result.status.code(), Some(0), "{printed}");
+    println!("{printed}");
+    let evaluation: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let delta = |i: usize| evaluation["methods"][i]["delta_af"].as_f64().unwrap();
+    let (lrp_delta, gi_delta, random_delta) = (delta(0), delta(1), delta(2));
+    assert!(
+        lrp_delta > gi_delta + 2.0 && lrp_delta > random_delta + 5.0,
+        "dA^F: MambaLRP {lrp_delta}, GI {gi_delta}, random {random_delta}"
+    );
+    // The same definitions as models/train_keys_model.py, whose curves eval.npz stores.
+    let reference = mambalrp::verify::load_npz(&keys_dir().join("eval.npz")).unwrap();
+    for (i, method) in [(0, "mambalrp"), (1, "gi")] {
+        let morf = array_f32(&reference, &format!("curve_{method}_morf"));
+        let lerf = array_f32(&reference, &format!("curve_{method}_lerf"));
+        let expected = lerf.mean().unwrap() - morf.mean().unwrap();
+        assert!(
+            (delta(i) - expected as f64).abs() <= 0.05,
+            "{method}: dA^F {} against {expected} in PyTorch",
+            delta(i)
+        );
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("MoRF") && svg.contains("LeRF"));
+
+    // The key words rank near the top under MambaLRP, not under gradient x input.
+    let Tensor::Bool(key_mask) = &reference.iter().find(|(n, _)| n == "key_mask").unwrap().1 else {
+        panic!("key_mask is boolean")
+    };
+    let mut ranks = Vec::new();
+    for model in [&lrp, &gi] {
+        let out = dir.path().join("explained.json");
+        let result = cli(&[
+            "explain",
+            arg(model),
+            "--tokenizer",
+            arg(&tokenizer),
+            "--texts",
+            arg(&texts),
+            "--json",
+            arg(&out),
+        ]);
+        assert_eq!(result.status.code(), Some(0), "{}", text(&result));
+        let explained: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        ranks.push(mean_key_rank(&explained, key_mask));
+    }
+    println!(
+        "mean key rank: MambaLRP {:.2}, GI {:.2} (of 32 positions)",
+        ranks[0], ranks[1]
+    );
+    assert!(
+        ranks[0] < 4.0 && ranks[1] > 2.0 * ranks[0],
+        "key ranks {ranks:?}"
+    );
+}
+
+#[test]
+fn evaluate_refuses_what_it_cannot_measure() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = write_tokenizer(dir.path());
+    let target_model = compiled(
+        dir.path(),
+        "target.onnx",
+        Options {
+            target: mambalrp::emit::TargetMode::Input,
+            ..dynamic()
+        },
+    );
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, "w1 w2 w3\n").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                arg(&target_model),
+                "--texts",
+                arg(&texts),
+                "--tokenizer",
+                arg(&tokenizer),
+                "--flip-id",
+                "0",
+            ],
+            "evaluate needs a model that explains its own prediction",
+        ),
+        (
+            vec![arg(&target_model), "--texts", arg(&texts), "--flip-id", "0"],
+            "--texts needs --tokenizer",
+        ),
+        (
+            vec![arg(&target_model), "--flip-id", "0"],
+            "nothing to evaluate",
+        ),
+        (
+            vec![
+                arg(&target_model),
+                "--texts",
+                arg(&texts),
+                "--tokenizer",
+                arg(&tokenizer),
+            ],
+            "--flip-id",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["evaluate"];
+        full.extend(args);
+        let result = cli(&full);
+        let message = text(&result);
+        assert_eq!(result.status.code(), Some(2), "{full:?}: {message}");
+        assert!(
+            message.contains(expected),
+            "{full:?}: expected '{expected}' in {message}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Explanations people can read: text in (through a Hugging Face `tokenizer.json`), the
 //! compiled model run once per text, and the relevance of every token out, as a terminal
 //! heatmap, a self-contained HTML page or JSON.
+pub mod evaluate;
 mod render;
 
 pub use render::{html_page, terminal, ColorMode};
@@ -75,6 +76,18 @@ impl TextTokenizer {
             names: encoding.get_tokens().to_vec(),
             spans: encoding.get_offsets().to_vec(),
         })
+    }
+
+    /// The token ids of `text`.
+    pub fn ids(&self, text: &str) -> Result<Vec<i64>> {
+        Ok(self.encode(text)?.ids)
+    }
+
+    /// The tokenizer's unknown or padding token: what token flipping replaces tokens with.
+    pub fn unknown_or_padding(&self) -> Option<i64> {
+        ["[UNK]", "<unk>", "[PAD]", "<pad>"]
+            .iter()
+            .find_map(|t| self.token_id(t))
     }
 
     pub fn token_id(&self, token: &str) -> Option<i64> {

@@ -92,8 +92,12 @@ pub fn load_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
             Tensor::F32(a)
         } else if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<i32>, IxDyn>(&name) {
             Tensor::I64(a.mapv(i64::from))
+        } else if let Ok(a) = npz.by_name::<ndarray::OwnedRepr<bool>, IxDyn>(&name) {
+            Tensor::Bool(a)
         } else {
-            return Err(bad(format!("array '{key}' is not int64, int32 or float32")));
+            return Err(bad(format!(
+                "array '{key}' is not int64, int32, float32 or bool"
+            )));
         };
         arrays.push((key, tensor));
     }

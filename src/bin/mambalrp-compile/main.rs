@@ -4,6 +4,7 @@
 //! or a model the compiler cannot handle.
 mod check;
 mod compile;
+mod evaluate;
 mod explain;
 
 use std::path::Path;
@@ -32,6 +33,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Explain texts with a compiled model: token relevance as a heatmap, HTML or JSON.
     Explain(explain::ExplainArgs),
+    /// Token-flipping faithfulness (MoRF / LeRF areas, dA^F) of compiled models.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 /// What a command found, beyond errors.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Check(args)) => check::run(args),
         Some(Command::Explain(args)) => explain::run(args),
+        Some(Command::Evaluate(args)) => evaluate::run(args),
         None => compile::run(&cli.compile),
     };
     match result {
