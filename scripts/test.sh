@@ -17,6 +17,9 @@ ORT_DYLIB_PATH="$(ls "$PWD"/$VENV/lib/python3*/site-packages/onnxruntime/capi/li
 export ORT_DYLIB_PATH
 export MAMBALRP_PYTHON="$PWD/$VENV/bin/python"
 
+# What the machine offers (for the HTML heatmap's headless-browser test to come).
+echo "== environment: uid $(id -u); apt-get: $(command -v apt-get || echo none); chromium: $(command -v chromium || echo none)"
+
 cargo test --locked
 
 echo "== examples on the bundled tiny model"
