@@ -7,6 +7,7 @@ fn compile_every_variant(model: &mambalrp::onnx::proto::ModelProto) -> Vec<mamba
         ("gi", ScanForm::Rolled, false),
         ("mambalrp", ScanForm::Chunked, true),
         ("gi", ScanForm::Chunked, false),
+        ("mambalrp", ScanForm::Parallel, true),
         ("mambalrp", ScanForm::Unrolled, false),
     ];
     variants

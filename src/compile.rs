@@ -287,7 +287,7 @@ impl Compilation {
         let mut options = options.clone();
         // An export with symbolic axes compiles to a model with them (the compact scan forms
         // serve any length and batch; the unrolled form stays at the traced sizes).
-        if options.scan.kind().is_some() {
+        if options.scan.is_compact() {
             for axis in graph.exported_axes() {
                 match axis.axis {
                     0 => options.dynamic_batch = true,
@@ -327,14 +327,14 @@ impl Compilation {
 
     /// Replaces the unrolled selective scans by `Scan`s (unless `--scan unrolled`).
     fn reroll(&mut self) -> Result<()> {
-        let Some(kind) = self.options.scan.kind() else {
+        if !self.options.scan.is_compact() {
             return Ok(());
-        };
+        }
         // Gradient x input needs the states to differentiate through dA and C.
         let keep_states = !self.options.rules.contains(rules::Rule::Ssm);
         let rerolled = reroll(
             &mut self.graph,
-            kind,
+            self.options.scan,
             self.chunk_len,
             keep_states,
             self.options.dynamic_sequence,

@@ -8,8 +8,12 @@ use mambalrp::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
 use mambalrp::verify::{conservation, run_ort};
 use mambalrp::{compile, Options};
 
-/// Rolled and chunked with 3 tokens per Scan iteration (so S = 4, 8 and 16 all need padding).
-const FORMS: [(ScanForm, usize); 2] = [(ScanForm::Rolled, 3), (ScanForm::Chunked, 3)];
+/// Rolled, chunked and parallel with chunks of 3 tokens (so S = 4, 8 and 16 all need padding).
+const FORMS: [(ScanForm, usize); 3] = [
+    (ScanForm::Rolled, 3),
+    (ScanForm::Chunked, 3),
+    (ScanForm::Parallel, 3),
+];
 
 fn dynamic(
     fixture: &str,

@@ -15,20 +15,6 @@ fn arg(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A word-level tokenizer.json for the tiny fixtures' 64-token vocabulary: words `w0`..`w63`.
-fn write_tokenizer(dir: &Path) -> PathBuf {
-    let vocab: Vec<String> = (0..64).map(|i| format!("\"w{i}\": {i}")).collect();
-    let json = format!(
-        "{{\"version\": \"1.0\", \"truncation\": null, \"padding\": null, \"added_tokens\": [], \
-         \"normalizer\": null, \"pre_tokenizer\": {{\"type\": \"Whitespace\"}}, \"post_processor\": null, \
-         \"decoder\": null, \"model\": {{\"type\": \"WordLevel\", \"vocab\": {{{}}}, \"unk_token\": \"w0\"}}}}",
-        vocab.join(", ")
-    );
-    let path = dir.join("tokenizer.json");
-    std::fs::write(&path, json).unwrap();
-    path
-}
-
 /// tiny_convbias compiled with the given options, written to `dir`.
 fn compiled(dir: &Path, name: &str, options: Options) -> PathBuf {
     let model = compile(&load("tiny_convbias", ""), &options).unwrap().model;
@@ -48,7 +34,7 @@ fn dynamic() -> Options {
 #[test]
 fn explains_texts_with_relevances_equal_to_the_models_output() {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = write_tokenizer(dir.path());
+    let tokenizer = write_word_tokenizer(dir.path());
     let model = compiled(dir.path(), "lrp.onnx", dynamic());
     let (json, html) = (dir.path().join("e.json"), dir.path().join("e.html"));
     let texts = ["w1 w5 w9 w3 w7", "w2  w2 w60"];
@@ -143,7 +129,7 @@ fn explains_texts_with_relevances_equal_to_the_models_output() {
 #[test]
 fn one_text_gives_one_json_object() {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = write_tokenizer(dir.path());
+    let tokenizer = write_word_tokenizer(dir.path());
     let model = compiled(dir.path(), "lrp.onnx", dynamic());
     let json = dir.path().join("one.json");
     let result = cli(&[
@@ -166,7 +152,7 @@ fn one_text_gives_one_json_object() {
 #[test]
 fn bad_inputs_are_refused_with_exit_2_and_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = write_tokenizer(dir.path());
+    let tokenizer = write_word_tokenizer(dir.path());
     let dynamic_model = compiled(dir.path(), "dynamic.onnx", dynamic());
     let static_model = compiled(dir.path(), "static.onnx", Options::default());
     let original = model_path("tiny_convbias", "");
@@ -247,7 +233,7 @@ fn bad_inputs_are_refused_with_exit_2_and_a_clear_message() {
 #[test]
 fn a_model_compiled_for_a_target_explains_the_given_token() {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = write_tokenizer(dir.path());
+    let tokenizer = write_word_tokenizer(dir.path());
     let options = Options {
         target: mambalrp::emit::TargetMode::Input,
         ..dynamic()
@@ -412,7 +398,7 @@ fn on_the_trained_model_mambalrp_is_more_faithful_than_gradient_times_input_and_
 #[test]
 fn evaluate_refuses_what_it_cannot_measure() {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = write_tokenizer(dir.path());
+    let tokenizer = write_word_tokenizer(dir.path());
     let target_model = compiled(
         dir.path(),
         "target.onnx",

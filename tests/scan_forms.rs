@@ -1,4 +1,4 @@
-//! The re-rolled recurrence, stepwise and chunked: compiled graphs whose size does not depend on
+//! The re-rolled recurrence, stepwise, chunked and parallel: compiled graphs whose size does not depend on
 //! the sequence length, agreeing with the unrolled form to 1e-5 relative in tract and in ONNX
 //! Runtime.
 mod common;
@@ -8,8 +8,9 @@ use mambalrp::verify::{conservation, run_ort};
 
 /// The compact forms, with chunks (tokens per Scan iteration) of one token, ones that divide
 /// S = 8, do not (a fixed length then runs at the largest divisor: 3 -> 2), equal S or exceed
-/// it (32 -> 8). Padding at run time is tested with symbolic lengths (tests/dynamic_axes.rs).
-const COMPACT: [(ScanForm, usize); 7] = [
+/// it (32 -> 8); the parallel form pads a length its chunks do not divide (3). Padding at run
+/// time is tested with symbolic lengths (tests/dynamic_axes.rs).
+const COMPACT: [(ScanForm, usize); 8] = [
     (ScanForm::Rolled, 1),
     (ScanForm::Rolled, 3),
     (ScanForm::Rolled, 8),
@@ -17,6 +18,7 @@ const COMPACT: [(ScanForm, usize); 7] = [
     (ScanForm::Chunked, 3),
     (ScanForm::Chunked, 4),
     (ScanForm::Chunked, 32),
+    (ScanForm::Parallel, 3),
 ];
 
 fn compile_compact(
@@ -49,6 +51,7 @@ fn compact_node_count_does_not_depend_on_sequence_length() {
     for exporter in EXPORTERS {
         let mut rolled = Vec::new();
         let mut chunked = Vec::new();
+        let mut parallel = Vec::new();
         let mut unrolled = Vec::new();
         for (fixture, _) in LENGTHS {
             let model = load(fixture, exporter);
@@ -66,6 +69,13 @@ fn compact_node_count_does_not_depend_on_sequence_length() {
                     .node
                     .len(),
             );
+            parallel.push(
+                compile_form(&model, "mambalrp", true, ScanForm::Parallel)
+                    .graph
+                    .unwrap()
+                    .node
+                    .len(),
+            );
             unrolled.push(
                 compile_form(&model, "mambalrp", true, ScanForm::Unrolled)
                     .graph
@@ -74,7 +84,7 @@ fn compact_node_count_does_not_depend_on_sequence_length() {
                     .len(),
             );
         }
-        println!("tiny_zerobias{exporter} at S = 4, 8, 16: rolled {rolled:?} nodes, chunked {chunked:?}, unrolled {unrolled:?}");
+        println!("tiny_zerobias{exporter} at S = 4, 8, 16: rolled {rolled:?} nodes, chunked {chunked:?}, parallel {parallel:?}, unrolled {unrolled:?}");
         for counts in [&rolled, &chunked] {
             assert!(
                 counts.windows(2).all(|w| w[0] == w[1]),

@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
         let original = time_ort(model_path, &inputs, args.runs)
             .with_context(|| format!("running {}", model_path.display()))?;
         let forms = args.scan.iter().flat_map(|&scan| match scan {
-            ScanForm::Chunked if !args.chunk_len.is_empty() => {
+            ScanForm::Chunked | ScanForm::Parallel if !args.chunk_len.is_empty() => {
                 args.chunk_len.iter().map(|&l| (scan, Some(l))).collect()
             }
             _ => vec![(scan, None)],

@@ -5,7 +5,7 @@ use super::proto::{ModelProto, StringStringEntryProto};
 
 /// The compiler version that wrote the model.
 pub const VERSION_KEY: &str = "mambalrp.version";
-/// The scan form (`rolled`, `chunked`, `unrolled`) and the tokens per Scan iteration.
+/// The scan form (`rolled`, `chunked`, `parallel`, `unrolled`) and the tokens per chunk.
 pub const SCAN_KEY: &str = "mambalrp.scan";
 /// The rule set (`mambalrp`, `gi` or a list).
 pub const RULES_KEY: &str = "mambalrp.rules";

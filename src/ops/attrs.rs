@@ -47,6 +47,11 @@ pub enum Attrs {
     ConstantOfShape {
         dtype: DType,
     },
+    /// CumSum's direction flags (the axis is an input).
+    CumSum {
+        exclusive: bool,
+        reverse: bool,
+    },
     Einsum(EinsumSpec),
     Scan {
         scan_inputs: usize,
@@ -124,6 +129,13 @@ pub fn axis_default_1(node: &NodeProto, _: i64) -> Result<Attrs> {
 pub fn softmax_axis(node: &NodeProto, opset: i64) -> Result<Attrs> {
     let default = if opset >= 13 { -1 } else { 1 };
     Ok(Attrs::Axis(int(node, "axis").unwrap_or(default)))
+}
+
+pub fn cumsum(node: &NodeProto, _: i64) -> Result<Attrs> {
+    Ok(Attrs::CumSum {
+        exclusive: int(node, "exclusive").unwrap_or(0) == 1,
+        reverse: int(node, "reverse").unwrap_or(0) == 1,
+    })
 }
 
 pub fn arg_reduce(node: &NodeProto, _: i64) -> Result<Attrs> {

@@ -70,8 +70,12 @@ pub(super) static OPS: &[OpDef] = &[
     OpDef::new("Abs", UNARY, same_as_input),
     OpDef::new("Erf", UNARY, same_as_input),
     OpDef::new("Swish", UNARY, same_as_input),
-    OpDef::new("Max", BINARY, infer_broadcast),
-    OpDef::new("Min", BINARY, infer_broadcast),
+    OpDef::new("Max", BINARY, infer_broadcast)
+        .with_vjp(Linearity::NonLinear, extremum_back)
+        .recomputable(),
+    OpDef::new("Min", BINARY, infer_broadcast)
+        .with_vjp(Linearity::NonLinear, extremum_back)
+        .recomputable(),
     OpDef::new("Greater", BINARY, infer_comparison),
     OpDef::new("Less", BINARY, infer_comparison),
     OpDef::new("Equal", BINARY, infer_comparison),
@@ -318,6 +322,38 @@ fn where_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
 }
 
 // Exact derivatives of the non-linear ops: used by `--rules gi` and rule ablations.
+
+/// Max / Min of two operands: the cotangent goes to the operand that was picked (the first on
+/// ties).
+fn extremum_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
+    let node = step.node;
+    if node.input.len() != 2 {
+        return Err(step.unsupported(" (only two operands)"));
+    }
+    let g = step.grad()?;
+    let out_shape = step.output_shape(graph)?;
+    let compare = if node.op_type() == "Max" {
+        "GreaterOrEqual"
+    } else {
+        "LessOrEqual"
+    };
+    let first = graph.add_node(compare, &[&node.input[0], &node.input[1]], vec![]);
+    let zero = graph.scalar_like(0.0, &g);
+    let mut vjp = Vjp::default();
+    for slot in [0, 1] {
+        if step.carries[slot] {
+            let (when_first, otherwise) = if slot == 0 {
+                (g.as_str(), zero.as_str())
+            } else {
+                (zero.as_str(), g.as_str())
+            };
+            let picked = graph.add_node("Where", &[&first, when_first, otherwise], vec![]);
+            let shape = step.input_shape(graph, slot)?;
+            vjp.full(slot, graph.op_unbroadcast(&picked, &out_shape, &shape)?);
+        }
+    }
+    Ok(vjp)
+}
 
 /// `g * d`, where `d` is the local derivative built by `derivative` from the node.
 fn chain(

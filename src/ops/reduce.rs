@@ -4,6 +4,7 @@ use super::support::{input_type, normalize_axis, one, reduction, same_as_input};
 use super::{Arity, Linearity, OpDef, Step, Vjp};
 use crate::error::Result;
 use crate::ir::{DType, Graph, ValueType};
+use crate::onnx::attributes::make_int;
 use crate::onnx::proto::NodeProto;
 
 const UNARY: Arity = Arity::new(1, 1);
@@ -21,7 +22,16 @@ pub(super) static OPS: &[OpDef] = &[
     OpDef::new("ReduceL2", UNARY, infer_reduce).with_parse(attrs::reduce),
     OpDef::new("ArgMax", UNARY, infer_arg_reduce).with_parse(attrs::arg_reduce),
     OpDef::new("ArgMin", UNARY, infer_arg_reduce).with_parse(attrs::arg_reduce),
-    OpDef::new("CumSum", Arity::new(2, 1), same_as_input),
+    OpDef::new("CumSum", Arity::new(2, 1), same_as_input)
+        .with_parse(attrs::cumsum)
+        .with_vjp(
+            Linearity::LinearIn {
+                slots: &[0],
+                why: "its axis",
+            },
+            cumsum_back,
+        )
+        .recomputable(),
     OpDef::new("Softmax", UNARY, same_as_input).with_parse(attrs::softmax_axis),
     OpDef::new("LogSoftmax", UNARY, same_as_input).with_parse(attrs::softmax_axis),
 ];
@@ -92,5 +102,27 @@ fn reduce_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     }
     let mut vjp = Vjp::default();
     vjp.full(0, spread);
+    Ok(vjp)
+}
+
+/// The transpose of a cumulative sum is the cumulative sum the other way along the same axis
+/// (an exclusive sum stays exclusive).
+fn cumsum_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
+    let &Attrs::CumSum { exclusive, reverse } = step.attrs else {
+        unreachable!("parsed by attrs::cumsum")
+    };
+    let g = step.grad()?;
+    let mut vjp = Vjp::default();
+    vjp.full(
+        0,
+        graph.add_node(
+            "CumSum",
+            &[&g, &step.node.input[1]],
+            vec![
+                make_int("exclusive", i64::from(exclusive)),
+                make_int("reverse", i64::from(!reverse)),
+            ],
+        ),
+    );
     Ok(vjp)
 }

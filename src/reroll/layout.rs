@@ -6,7 +6,7 @@ use super::chain::Chain;
 use super::{bodies, chunked, ScanKind, SELECTIVE_SCAN, SELECTIVE_SCAN_CHUNKED};
 use crate::error::{Error, Result};
 use crate::ir::scan::{self, SelectiveScan};
-use crate::ir::{skip_noops, Graph};
+use crate::ir::{skip_noops, DType, Graph};
 use crate::onnx::attributes::{make_graph, make_int, make_ints};
 
 /// Replaces one unrolled chain by a Scan over chunks of `len` steps of the given kind: the
@@ -24,7 +24,7 @@ pub(super) fn emit(
     // Stepwise chunks multiply by dA; parallel ones sum its logarithm.
     let decay = match kind {
         ScanKind::Stepwise => chain.decay.clone(),
-        ScanKind::Chunked => log_decay_of(graph, &chain.decay)?,
+        ScanKind::Chunked => log_decay_of(graph, &chain.decay, "chunked")?,
     };
     let dtype = graph.dtype_of(&chain.decay);
     // Time-first dA and dB*u `[B, S, D, N]` go to the Scan's `[B, D, S, N]`.
@@ -94,11 +94,17 @@ pub(super) fn emit(
         let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
         y = graph.add_node("Slice", &[&y, &start, seq, &axis], vec![]);
     }
+    finish(graph, chain, y, dtype)
+}
+
+/// Puts the re-rolled y `[B, D, S]` (of `dtype`) in place of the chain's stack: in its layout and dtype,
+/// under its name, so its readers need no rewiring.
+pub(super) fn finish(graph: &mut Graph, chain: &Chain, mut y: String, dtype: DType) -> Result<()> {
     if chain.stacked_axis == 1 {
         y = graph.op_transpose(&y, &[0, 2, 1]);
     }
     let stacked_dtype = graph.dtype_of(&chain.stacked);
-    if stacked_dtype != dtype {
+    if dtype != stacked_dtype {
         y = graph.add_node(
             "Cast",
             &[&y],
@@ -113,7 +119,7 @@ pub(super) fn emit(
 }
 
 /// How many steps pad the runtime length `seq` up to whole chunks of `len`.
-fn padding(graph: &mut Graph, seq: &str, len: usize) -> String {
+pub(super) fn padding(graph: &mut Graph, seq: &str, len: usize) -> String {
     let (short, chunk) = (
         graph.const_i64(&[len as i64 - 1]),
         graph.const_i64(&[len as i64]),
@@ -126,7 +132,7 @@ fn padding(graph: &mut Graph, seq: &str, len: usize) -> String {
 
 /// Pad amounts `[begins..., ends...]` for a rank-`rank` operand whose time axis is the one
 /// before last: `pad` steps at its end.
-fn pads(graph: &mut Graph, pad: &str, rank: usize) -> String {
+pub(super) fn pads(graph: &mut Graph, pad: &str, rank: usize) -> String {
     let (before, after) = (
         graph.const_i64(&vec![0; 2 * rank - 2]),
         graph.const_i64(&[0]),
@@ -143,13 +149,13 @@ pub(super) fn dividing_chunk_len(seq: usize, len: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// log dA: the exporters compute dA = Exp(A * dt), and the chunked form needs the exponent
-/// (Log(dA) would turn underflowed decays into -inf and the segment sums into NaN).
-fn log_decay_of(graph: &Graph, decay: &str) -> Result<String> {
+/// log dA: the exporters compute dA = Exp(A * dt), and the chunked and parallel forms (`form`)
+/// need the exponent (Log(dA) would turn underflowed decays into -inf).
+pub(super) fn log_decay_of(graph: &Graph, decay: &str, form: &str) -> Result<String> {
     match graph.producer(skip_noops(graph, decay)) {
         Some((_, node)) if node.op_type() == "Exp" => Ok(node.input[0].clone()),
         found => Err(Error::Unsupported(format!(
-            "--scan chunked needs the decay '{decay}' computed as Exp(dt * A), but it is {}; use --scan rolled",
+            "--scan {form} needs the decay '{decay}' computed as Exp(dt * A), but it is {}; use --scan rolled",
             match found {
                 Some((_, node)) => format!("the output of {} '{}'", node.op_type(), node.name()),
                 None => "a graph input or initializer".into(),

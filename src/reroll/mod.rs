@@ -8,6 +8,7 @@ mod body;
 mod chain;
 pub mod chunked;
 mod layout;
+pub mod parallel;
 
 pub use bodies::SELECTIVE_SCAN;
 pub use chain::Chain;
@@ -32,6 +33,9 @@ pub enum ScanForm {
     /// One ONNX `Scan` per layer over chunks of steps, each chunk computed in parallel from
     /// cumulative sums of log dA (Mamba-2's SSD algebra); size independent of the length.
     Chunked,
+    /// No `Scan`: every chunk at once from cumulative sums of log dA, the state passed between
+    /// chunks by log-depth doubling; a fixed number of ops per layer for any length (for GPUs).
+    Parallel,
     /// As exported: one copy of the step per time step.
     Unrolled,
 }
@@ -41,6 +45,7 @@ impl ScanForm {
         match self {
             ScanForm::Rolled => "rolled",
             ScanForm::Chunked => "chunked",
+            ScanForm::Parallel => "parallel",
             ScanForm::Unrolled => "unrolled",
         }
     }
@@ -53,19 +58,25 @@ impl std::fmt::Display for ScanForm {
 }
 
 impl ScanForm {
-    /// The Scan kind of a compact form (`None` for the unrolled one).
+    /// The Scan kind of a form that emits `Scan`s (`None` for the parallel and unrolled ones).
     pub fn kind(self) -> Option<ScanKind> {
         match self {
             ScanForm::Rolled => Some(ScanKind::Stepwise),
             ScanForm::Chunked => Some(ScanKind::Chunked),
-            ScanForm::Unrolled => None,
+            ScanForm::Parallel | ScanForm::Unrolled => None,
         }
+    }
+
+    /// A form whose size does not grow with the length (every form but the unrolled one).
+    pub fn is_compact(self) -> bool {
+        self != ScanForm::Unrolled
     }
 
     /// Steps per Scan iteration when `--chunk-len` is not given.
     pub fn default_chunk_len(self) -> usize {
         match self {
             ScanForm::Chunked => chunked::DEFAULT_CHUNK_LEN as usize,
+            ScanForm::Parallel => parallel::DEFAULT_CHUNK_LEN,
             _ => bodies::DEFAULT_STEPS_PER_ITERATION as usize,
         }
     }
@@ -80,14 +91,14 @@ pub struct Rerolled {
     pub chunk_len: usize,
 }
 
-/// Replaces every unrolled selective-scan chain by a `Scan` node over chunks of up to `len`
-/// steps of the given kind. With `symbolic_length` the time axis is padded at run time to whole
-/// chunks; otherwise the chunk length is the largest divisor of the traced length up to `len`.
-/// With `keep_states` the Scan also outputs all states (the gradient x input backward needs
-/// them). The caller re-analyses the graph (the new nodes have no static types yet).
+/// Replaces every unrolled selective-scan chain by the compact `form` over chunks of up to
+/// `len` steps. With `symbolic_length` the time axis is padded at run time to whole chunks;
+/// otherwise the Scan forms take the largest divisor of the traced length up to `len` (the
+/// parallel form pads). With `keep_states` a Scan also outputs all states (the gradient x input
+/// backward needs them). The caller re-analyses the graph.
 pub fn reroll(
     graph: &mut Graph,
-    kind: ScanKind,
+    form: ScanForm,
     len: usize,
     keep_states: bool,
     symbolic_length: bool,
@@ -103,10 +114,15 @@ pub fn reroll(
     }
     let used_before: HashSet<String> = used_values(graph);
     for chain in &chains {
-        if !symbolic_length {
-            chunk_len = layout::dividing_chunk_len(chain.dims.2, len);
+        match form.kind() {
+            Some(kind) => {
+                if !symbolic_length {
+                    chunk_len = layout::dividing_chunk_len(chain.dims.2, len);
+                }
+                layout::emit(graph, chain, kind, chunk_len, keep_states, symbolic_length)?;
+            }
+            None => parallel::emit(graph, chain, len, symbolic_length)?,
         }
-        layout::emit(graph, chain, kind, chunk_len, keep_states, symbolic_length)?;
     }
     topo::remove_dead_nodes(graph, |_| true)?;
     topo::sort_nodes(graph)?;

@@ -160,3 +160,17 @@ pub fn assert_relevance_outputs_are_float32(compiled: &ModelProto) {
         assert_eq!(t.elem_type(), 1, "{} is float32", output.name());
     }
 }
+
+/// A word-level tokenizer.json for the tiny fixtures' 64-token vocabulary: words `w0`..`w63`.
+pub fn write_word_tokenizer(dir: &std::path::Path) -> PathBuf {
+    let vocab: Vec<String> = (0..64).map(|i| format!("\"w{i}\": {i}")).collect();
+    let json = format!(
+        "{{\"version\": \"1.0\", \"truncation\": null, \"padding\": null, \"added_tokens\": [], \
+         \"normalizer\": null, \"pre_tokenizer\": {{\"type\": \"Whitespace\"}}, \"post_processor\": null, \
+         \"decoder\": null, \"model\": {{\"type\": \"WordLevel\", \"vocab\": {{{}}}, \"unk_token\": \"w0\"}}}}",
+        vocab.join(", ")
+    );
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json).unwrap();
+    path
+}

@@ -62,12 +62,14 @@ pub struct CompileArgs {
     #[arg(long)]
     explain_matches: bool,
     /// Form of the selective-scan recurrence: rolled (one Scan step per token), chunked (one
-    /// Scan step per chunk of tokens, computed in parallel) or unrolled (as exported). Rolled
-    /// and chunked graphs do not grow with the sequence length.
+    /// Scan step per chunk of tokens, computed in parallel), parallel (no Scan: all chunks at
+    /// once, states passed by log-depth doubling; the GPU form) or unrolled (as exported).
+    /// Only the unrolled graph grows with the sequence length.
     #[arg(long, value_enum, default_value_t = ScanForm::Rolled)]
     scan: ScanForm,
-    /// Tokens per Scan iteration, at most (a fixed length uses its largest divisor up to this):
-    /// rolled runs them one after another (default 32), chunked in parallel (default 4).
+    /// Tokens per chunk, at most (a fixed length uses its largest divisor up to this): rolled
+    /// runs them one after another per Scan iteration (default 32), chunked in parallel
+    /// (default 4); parallel takes 1 to 8 (default 8).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     chunk_len: Option<u16>,
     /// Make the sequence axis symbolic, so one compiled model explains any length (needs the
@@ -152,7 +154,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
         );
     }
     if args.chunk_len.is_some() && args.scan == ScanForm::Unrolled {
-        bail!("--chunk-len applies to --scan rolled or chunked, not unrolled");
+        bail!("--chunk-len applies to --scan rolled, chunked or parallel, not unrolled");
     }
     let progress = ProgressBar::new_spinner()
         .with_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})")?);
