@@ -69,7 +69,7 @@ pub struct CompileArgs {
     scan: ScanForm,
     /// Tokens per chunk, at most (a fixed length uses its largest divisor up to this): rolled
     /// runs them one after another per Scan iteration (default 32), chunked in parallel
-    /// (default 4); parallel takes 1 to 8 (default 8).
+    /// (default 4); parallel takes 2 to 8 (default 8).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     chunk_len: Option<u16>,
     /// Make the sequence axis symbolic, so one compiled model explains any length (needs the
