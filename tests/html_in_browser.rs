@@ -73,7 +73,7 @@ fn browse(profile: &Path, page: &Path, extra: &[String]) -> String {
 }
 
 /// `rgb(r,g,b)` colours of the token spans in document order, with their text.
-fn token_spans(dom: &str) -> Vec<((u8, u8, u8), String)> {
+fn token_spans(dom: &str) -> Vec<(Rgb, String)> {
     let mut spans = Vec::new();
     for piece in dom.split("<span class=\"token\"").skip(1) {
         let colour = piece
@@ -95,8 +95,10 @@ fn token_spans(dom: &str) -> Vec<((u8, u8, u8), String)> {
     spans
 }
 
+type Rgb = (u8, u8, u8);
+
 /// Pixel counts per colour of an RGB(A) PNG screenshot, with its size.
-fn colours(png_path: &Path) -> ((u32, u32), HashMap<(u8, u8, u8), usize>) {
+fn colours(png_path: &Path) -> ((u32, u32), HashMap<Rgb, usize>) {
     let decoder = png::Decoder::new(std::io::BufReader::new(
         std::fs::File::open(png_path).expect("Chromium wrote the screenshot"),
     ));
