@@ -1,0 +1,241 @@
+"""The GPU table: explanations of a Mamba-130M-shaped model in ONNX Runtime's CUDA provider.
+
+Run on a machine with an NVIDIA GPU, torch, transformers (4.40 or 5.x) and onnxruntime-gpu,
+from the repository root, with a release build of the compiler:
+
+    python3 scripts/gpu_bench.py --compiler target/release/mambalrp-compile [--out DIR]
+        [--forms parallel rolled] [--cases 1x128 1x512 1x2048 8x2048] [--runs 5]
+
+What it does, in one process per step so that every figure is measured alone:
+ 1. builds the 130M-shaped Hugging Face model (random weights, models/export_bench.py's builder)
+    and exports it with the TorchScript exporter at 16 tokens, batch 1;
+ 2. compiles it once per scan form (`--scan FORM --dynamic-seq --dynamic-batch --no-verify`);
+ 3. per form and TF32 setting (`use_tf32` 0 and 1 for the first form, 0 for the others, which
+    skip the last case): creates a CUDA session (timed; ONNX Runtime's warning when nodes fall
+    back to the CPU is reported), then per case (batch x tokens) runs forward +
+    relevance with every output fetched, one warm-up then the median of `--runs`; reports the
+    conservation residual max|logit - sum(R) - R_bias| / max(|logit|, 1) and the GPU memory
+    in use after the case (nvidia-smi; ONNX Runtime's arena only grows, cases run from small
+    to large);
+ 4. the PyTorch forward of the same model on the same GPU (all cases but the last) (Hugging Face's path without the
+    CUDA kernels: the slow path), for the ratio.
+Writes DIR/gpu_bench.json and prints a Markdown table (README's GPU table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "models"))
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def gpu_memory_mib():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, check=True).stdout
+        return int(out.split()[0])
+    except Exception:  # no nvidia-smi (a CPU smoke run)
+        return None
+
+
+def export(out_dir, size):
+    import torch
+    import export_bench
+
+    spec = export_bench.SIZES[size]
+    model = export_bench.build_model(spec)
+    ids = torch.randint(0, spec["vocab"], (1, 16), generator=torch.Generator().manual_seed(7))
+    path = os.path.join(out_dir, f"{spec['prefix']}_dyn.onnx")
+    model.config.return_dict = False
+    t = time.perf_counter()
+    torch.onnx.export(model, (ids,), path, dynamo=False, opset_version=17, input_names=["input_ids"],
+                      output_names=["logits"])
+    log(f"exported {path} in {time.perf_counter() - t:.1f} s")
+    return path
+
+
+def compile_form(compiler, model, form, out_dir):
+    out = os.path.join(out_dir, f"lrp_{form}.onnx")
+    t = time.perf_counter()
+    subprocess.run([compiler, model, "-o", out, "--scan", form, "--no-verify", "--dynamic-seq",
+                    "--dynamic-batch"], check=True)
+    return out, time.perf_counter() - t
+
+
+def session(path, tf32, providers_wanted):
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    options = ort.SessionOptions()
+    options.log_severity_level = 2  # warnings: ONNX Runtime says when nodes fall back to the CPU
+    providers = []
+    if "CUDAExecutionProvider" in providers_wanted:
+        providers.append(("CUDAExecutionProvider", {"use_tf32": str(int(tf32))}))
+    providers.append("CPUExecutionProvider")
+    t = time.perf_counter()
+    s = ort.InferenceSession(path, options, providers=providers)
+    return s, time.perf_counter() - t
+
+
+def run_cases(path, tf32, cases, runs, vocab):
+    import numpy as np
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    sess, created = session(path, tf32, available)
+    rows = []
+    for batch, seq in cases:
+        ids = np.random.default_rng(seq + batch).integers(0, vocab, (batch, seq), dtype=np.int64)
+        feed = {"input_ids": ids}
+        try:
+            outputs = sess.run(None, feed)  # warm-up
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                outputs = sess.run(None, feed)
+                times.append(time.perf_counter() - t)
+        except Exception as e:  # out of memory, say: reported, not fatal
+            rows.append(dict(batch=batch, seq=seq, error=str(e).splitlines()[0][:300]))
+            log(f"  {batch}x{seq}: failed: {rows[-1]['error']}")
+            continue
+        named = dict(zip([o.name for o in sess.get_outputs()], outputs))
+        logit = named["relevance_target_logit"].astype(np.float64)
+        total = named["relevance"].astype(np.float64).sum(-1) + named["relevance_bias"].astype(np.float64)
+        residual = float((np.abs(logit - total) / np.maximum(np.abs(logit), 1.0)).max())
+        rows.append(dict(batch=batch, seq=seq, median_s=statistics.median(times), min_s=min(times),
+                         residual=residual, gpu_mib=gpu_memory_mib()))
+        log(f"  {batch}x{seq}: median {rows[-1]['median_s'] * 1e3:.1f} ms, residual {residual:.1e}, "
+            f"GPU memory in use {rows[-1]['gpu_mib']} MiB")
+    return dict(session_s=created, providers=sess.get_providers(), cases=rows)
+
+
+def torch_forward(size, cases, runs):
+    import torch
+    import export_bench
+
+    spec = export_bench.SIZES[size]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = export_bench.build_model(spec).to(device)
+    rows = []
+    with torch.no_grad():
+        for batch, seq in cases:
+            ids = torch.randint(0, spec["vocab"], (batch, seq), device=device)
+            model(ids)
+            times = []
+            for _ in range(runs):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                model(ids)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            rows.append(dict(batch=batch, seq=seq, median_s=statistics.median(times)))
+            log(f"  torch forward {batch}x{seq}: {rows[-1]['median_s'] * 1e3:.1f} ms")
+    return dict(device=device, torch=torch.__version__, cases=rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compiler", required=True)
+    p.add_argument("--out", default="gpu_bench_out")
+    p.add_argument("--size", default="130m")
+    p.add_argument("--forms", nargs="+", default=["parallel", "rolled"])
+    p.add_argument("--cases", nargs="+", default=["1x128", "1x512", "1x2048", "8x2048"])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--step", choices=["all", "ort", "torch"], default="all")
+    p.add_argument("--model", help="an export to use instead of exporting (step ort)")
+    p.add_argument("--tf32", type=int, choices=[0, 1])
+    p.add_argument("--timeout", type=int, default=300, help="seconds per measuring process")
+    args = p.parse_args()
+    cases = [tuple(int(v) for v in c.split("x")) for c in args.cases]
+    os.makedirs(args.out, exist_ok=True)
+    import export_bench
+
+    vocab = export_bench.SIZES[args.size]["vocab"]
+    if args.step == "ort":  # one form and TF32 setting, in its own process
+        print(json.dumps(run_cases(args.model, args.tf32, cases, args.runs, vocab)), file=open(
+            os.path.join(args.out, f"ort_{os.path.basename(args.model)}_{args.tf32}.json"), "w"))
+        return
+    if args.step == "torch":
+        print(json.dumps(torch_forward(args.size, cases, args.runs)),
+              file=open(os.path.join(args.out, "torch.json"), "w"))
+        return
+    results = dict(date=time.strftime("%Y-%m-%d"), forms={})
+    try:
+        import onnxruntime
+        results["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        results["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                        capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        results["gpu"] = "none (CPU)"
+    model = export(args.out, args.size)
+    for i, form in enumerate(args.forms):
+        compiled, seconds = compile_form(args.compiler, model, form, args.out)
+        results["forms"][form] = dict(compile_s=seconds, tf32={})
+        # The first form with TF32 off and on; the others (baselines) off, without the largest case.
+        settings = (0, 1) if i == 0 else (0,)
+        form_cases = args.cases if i == 0 else [c for c in args.cases if c != args.cases[-1]]
+        for tf32 in settings:
+            log(f"{form}, use_tf32={tf32}:")
+            errors = os.path.join(args.out, f"ort_{form}_{tf32}.log")
+            with open(errors, "w") as err:
+                done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out,
+                                       "--size", args.size, "--step", "ort", "--model", compiled, "--tf32",
+                                       str(tf32), "--runs", str(args.runs), "--cases", *form_cases],
+                                      stderr=err, timeout=args.timeout)
+            with open(errors) as f:
+                text = f.read()
+            fallback = [line for line in text.splitlines() if "not assigned to the preferred" in line]
+            log(f"  CPU fallback: {fallback[0] if fallback else 'none reported'}")
+            if done.returncode != 0:
+                log(text[-2000:])
+                continue
+            with open(os.path.join(args.out, f"ort_{os.path.basename(compiled)}_{tf32}.json")) as f:
+                results["forms"][form]["tf32"][tf32] = dict(json.load(f), cpu_fallback=fallback)
+        os.remove(compiled)
+    subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--size",
+                    args.size, "--step", "torch", "--runs", str(args.runs), "--cases", *args.cases[:-1]],
+                   check=True, timeout=args.timeout)
+    with open(os.path.join(args.out, "torch.json")) as f:
+        results["torch_forward"] = json.load(f)
+    with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    table(results, cases)
+
+
+def table(results, cases):
+    head = " | ".join(f"{b}x{s}" for b, s in cases)
+    print(f"\n{results['gpu']}, onnxruntime {results.get('onnxruntime')}, {results['date']}\n")
+    print(f"| form | TF32 | session | {head} | max residual |")
+    print("|---|---|---|" + "---|" * len(cases) + "---|")
+    for form, r in results["forms"].items():
+        for tf32, o in r["tf32"].items():
+            cells = []
+            for c in o["cases"]:
+                cells.append("failed" if "error" in c else f"{c['median_s'] * 1e3:.1f} ms")
+            cells += ["-"] * (len(cases) - len(cells))
+            residual = max((c.get("residual", 0) for c in o["cases"]), default=0)
+            print(f"| {form} | {tf32} | {o['session_s']:.1f} s | " + " | ".join(cells) + f" | {residual:.1e} |")
+    cells = [f"{c['median_s'] * 1e3:.1f} ms" for c in results["torch_forward"]["cases"]]
+    cells += ["-"] * (len(cases) - len(cells))
+    print("| PyTorch forward | - | - | " + " | ".join(cells) + " | - |")
+
+
+if __name__ == "__main__":
+    main()
