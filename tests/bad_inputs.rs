@@ -304,3 +304,48 @@ fn deeply_nested_subgraphs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     refuse(&write_model(dir.path(), "nested.onnx", &model), &[]).says(&["not an ONNX model"]);
 }
+
+/// transformers 5.x under the TorchScript exporter: `logits_to_keep` becomes a graph input and
+/// the logits of one position, picked at run time, are gathered. The refusal names the Gather
+/// and the input and says how to export instead.
+#[test]
+fn logits_picked_by_a_graph_input_are_refused_with_the_reason() {
+    use mambalrp::ir::DType;
+    use mambalrp::onnx::value_info;
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load("tiny_convbias", "");
+    let graph = model.graph.as_mut().unwrap();
+    let logits = graph.output[0].name().to_string();
+    for node in graph.node.iter_mut() {
+        for output in node.output.iter_mut().filter(|o| **o == logits) {
+            *output = "all_logits".into();
+        }
+    }
+    graph
+        .input
+        .push(value_info("logits_to_keep", DType::Int64, &[]));
+    for (op, inputs, output) in [
+        ("Neg", vec!["logits_to_keep"], "position"),
+        ("Gather", vec!["all_logits", "position"], logits.as_str()),
+    ] {
+        graph.node.push(NodeProto {
+            name: Some(format!("/{op}")),
+            op_type: Some(op.into()),
+            input: inputs.into_iter().map(String::from).collect(),
+            output: vec![output.to_string()],
+            attribute: if op == "Gather" {
+                vec![mambalrp::onnx::attributes::make_int("axis", 1)]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        });
+    }
+    graph.output[0] = value_info(&logits, DType::Float, &[2, 64]);
+    let path = write_model(dir.path(), "logits_to_keep.onnx", &model);
+    refuse(&path, &[]).says(&[
+        "'/Gather'",
+        "graph input 'logits_to_keep'",
+        "export with it fixed",
+    ]);
+}

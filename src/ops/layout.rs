@@ -446,6 +446,36 @@ fn pad_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     Ok(vjp)
 }
 
+/// Why a Gather's indices are not constant: the graph inputs they are computed from, if any.
+/// (transformers 5.x's `logits_to_keep` becomes such an input under the TorchScript exporter,
+/// and the graph then gathers one position of the logits chosen at run time.)
+fn runtime_indices(graph: &Graph, indices: &str) -> String {
+    let mut inputs = Vec::new();
+    let (mut pending, mut seen) = (vec![indices.to_string()], std::collections::HashSet::new());
+    while let Some(value) = pending.pop() {
+        if !seen.insert(value.clone()) || seen.len() > 256 {
+            continue;
+        }
+        match graph.producer(&value) {
+            Some((_, producer)) => pending.extend(producer.input.iter().cloned()),
+            None if graph.declares_input(&value) => inputs.push(value),
+            None => {}
+        }
+    }
+    if inputs.is_empty() {
+        return " (Gather on the relevance path needs constant indices)".into();
+    }
+    inputs.sort();
+    format!(
+        " (Gather on the relevance path needs constant indices; these are computed at run time \
+         from graph input '{}': an export that picks positions at run time, as transformers \
+         5.x's `logits_to_keep` does when the TorchScript exporter turns it into an input; \
+         export with it fixed, e.g. `forward(input_ids, logits_to_keep=0)` bound before \
+         exporting, see README)",
+        inputs.join("', '")
+    )
+}
+
 /// Gather with constant indices: each index contributes the matching slice of the cotangent
 /// (the autodiff stacks pieces into one Concat instead of one padded tensor per index).
 fn gather_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
@@ -455,7 +485,7 @@ fn gather_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let axis = normalize_axis(axis_of(step.attrs), shape.len(), node)?;
     let indices = graph
         .constant(&node.input[1])
-        .ok_or_else(|| step.unsupported(" (Gather on the relevance path needs constant indices)"))?
+        .ok_or_else(|| step.unsupported(&runtime_indices(graph, &node.input[1])))?
         .clone();
     let dim = shape[axis] as i64;
     let normalize = |i: i64| {
