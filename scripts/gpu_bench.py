@@ -58,6 +58,12 @@ def export(out_dir, size):
     ids = torch.randint(0, spec["vocab"], (1, 16), generator=torch.Generator().manual_seed(7))
     path = os.path.join(out_dir, f"{spec['prefix']}_dyn.onnx")
     model.config.return_dict = False
+    import transformers
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        # 5.x's forward takes logits_to_keep, which the TorchScript exporter would turn into an
+        # input selecting one position at run time (the compiler refuses such a graph).
+        import functools
+        model.forward = functools.partial(model.forward, logits_to_keep=0, use_cache=False)
     t = time.perf_counter()
     torch.onnx.export(model, (ids,), path, dynamo=False, opset_version=17, input_names=["input_ids"],
                       output_names=["logits"])
