@@ -62,8 +62,10 @@ def export(out_dir, size):
     if int(transformers.__version__.split(".")[0]) >= 5:
         # 5.x's forward takes logits_to_keep, which the TorchScript exporter would turn into an
         # input selecting one position at run time (the compiler refuses such a graph).
-        import functools
-        model.forward = functools.partial(model.forward, logits_to_keep=0, use_cache=False)
+        import types
+        model.forward = types.MethodType(
+            lambda self, input_ids: type(self).forward(self, input_ids=input_ids, use_cache=False,
+                                                       return_dict=False), model)
     t = time.perf_counter()
     torch.onnx.export(model, (ids,), path, dynamo=False, opset_version=17, input_names=["input_ids"],
                       output_names=["logits"])
