@@ -346,6 +346,6 @@ fn logits_picked_by_a_graph_input_are_refused_with_the_reason() {
     refuse(&path, &[]).says(&[
         "'/Gather'",
         "graph input 'logits_to_keep'",
-        "export with it fixed",
+        "export a forward that takes the ids alone",
     ]);
 }

@@ -470,8 +470,7 @@ fn runtime_indices(graph: &Graph, indices: &str) -> String {
         " (Gather on the relevance path needs constant indices; these are computed at run time \
          from graph input '{}': an export that picks positions at run time, as transformers \
          5.x's `logits_to_keep` does when the TorchScript exporter turns it into an input; \
-         export with it fixed, e.g. `forward(input_ids, logits_to_keep=0)` bound before \
-         exporting, see README)",
+         export a forward that takes the ids alone, see README)",
         inputs.join("', '")
     )
 }
