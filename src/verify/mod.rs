@@ -154,16 +154,26 @@ pub fn run_source(
     model: ModelSource,
     inputs: &[(String, Tensor)],
 ) -> Result<Vec<(String, ArrayD<f32>)>> {
+    run_source_at(runtime, model, inputs, true)
+}
+
+/// [`run_source`], with ONNX Runtime's graph optimizations on or off for a model file.
+pub fn run_source_at(
+    runtime: Runtime,
+    model: ModelSource,
+    inputs: &[(String, Tensor)],
+    optimize: bool,
+) -> Result<Vec<(String, ArrayD<f32>)>> {
     match (runtime, model) {
         (Runtime::Ort, ModelSource::Proto(proto)) => {
             ensure_runnable(proto)?;
             run_ort(proto, inputs)
         }
         (Runtime::Ort, ModelSource::File(path)) => {
-            OrtModel::from_file_for_one_run(path, true)?.run(inputs)
+            OrtModel::from_file_for_one_run(path, true, optimize)?.run(inputs)
         }
         (Runtime::Ort, ModelSource::CompiledFile(path)) => {
-            OrtModel::from_file_for_one_run(path, false)?.run(inputs)
+            OrtModel::from_file_for_one_run(path, false, optimize)?.run(inputs)
         }
         (Runtime::Tract, ModelSource::Proto(proto)) => {
             ensure_runnable(proto)?;

@@ -162,8 +162,13 @@ impl OrtModel {
     /// Loads from a file for one run (verification, `check`): without prepacked weights, which
     /// would hold a second, reordered copy of every MatMul weight and only pay off over many
     /// runs (on the 130M model: 0.9 instead of 1.1 GB, and a faster session), and optionally
-    /// without constant folding (see `ModelSource::CompiledFile`).
-    pub fn from_file_for_one_run(path: &std::path::Path, fold_constants: bool) -> Result<OrtModel> {
+    /// without constant folding (see `ModelSource::CompiledFile`) or without any graph
+    /// optimization (`optimize` false: every node runs as written).
+    pub fn from_file_for_one_run(
+        path: &std::path::Path,
+        fold_constants: bool,
+        optimize: bool,
+    ) -> Result<OrtModel> {
         let mut config = vec![("session.disable_prepacking", "1")];
         if !fold_constants {
             config.push((
@@ -171,18 +176,28 @@ impl OrtModel {
                 "ConstantFolding",
             ));
         }
-        Self::build(&config, |builder| builder.commit_from_file(path))
+        let level = if optimize {
+            GraphOptimizationLevel::All
+        } else {
+            GraphOptimizationLevel::Disable
+        };
+        Self::build_at(level, &config, |builder| builder.commit_from_file(path))
     }
 
     fn build(
         config: &[(&str, &str)],
         commit: impl FnOnce(&mut ort::session::builder::SessionBuilder) -> ort::Result<Session>,
     ) -> Result<OrtModel> {
+        Self::build_at(GraphOptimizationLevel::All, config, commit)
+    }
+
+    fn build_at(
+        level: GraphOptimizationLevel,
+        config: &[(&str, &str)],
+        commit: impl FnOnce(&mut ort::session::builder::SessionBuilder) -> ort::Result<Session>,
+    ) -> Result<OrtModel> {
         let session = Session::builder(environment()?)
-            .and_then(|b| {
-                b.with_optimization_level(GraphOptimizationLevel::All)
-                    .map_err(Into::into)
-            })
+            .and_then(|b| b.with_optimization_level(level).map_err(Into::into))
             .and_then(|mut b| {
                 for (key, value) in config {
                     b = b.with_config_entry(key, value)?;

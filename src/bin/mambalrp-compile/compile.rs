@@ -393,6 +393,12 @@ fn print_summary(
 
 fn print_verification(v: &VerifyReport, runtime_reason: &str, rules: &str) {
     println!("  verified in {} ({runtime_reason}):", v.runtime);
+    if v.unoptimized_rerun {
+        println!(
+            "  (with graph optimizations on, ONNX Runtime rounded the original and the compiled \
+             model differently beyond the bound; both ran again as written:)"
+        );
+    }
     for output in &v.outputs {
         println!(
             "  original output '{}': max |compiled - original| = {:.2e} (bound {:.2e} = {:.1e} x {:.3}) {}",
