@@ -1,5 +1,6 @@
 //! The `explain --html` page in a real browser: Debian's Chromium, headless, opens the written
-//! page from disk, dumps its DOM and takes a screenshot; the test checks that every token was
+//! page written for two texts of the bundled trained model (models/fixtures/keys) from disk,
+//! dumps its DOM and takes a screenshot; the test checks that every token was
 //! parsed as a heatmap span and painted in its own colour, and that text was drawn.
 //! Chromium is required: scripts/test.sh installs it (`apt-get install chromium`); without it
 //! this test fails, it never skips.
@@ -120,17 +121,20 @@ fn colours(png_path: &Path) -> ((u32, u32), HashMap<Rgb, usize>) {
 #[test]
 fn the_html_heatmap_renders_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = write_word_tokenizer(dir.path());
-    let options = Options {
-        dynamic_sequence: true,
-        dynamic_batch: true,
-        ..Options::default()
-    };
-    let model = compile(&load("tiny_convbias", ""), &options).unwrap().model;
+    // The bundled trained model (models/fixtures/keys), its tokenizer and two of its texts.
+    let keys = fixtures_dir().join("keys");
+    let tokenizer = keys.join("tokenizer.json");
+    let model = compile(
+        &mambalrp::onnx::load_model(&keys.join("keys_model.onnx")).unwrap(),
+        &Options::default(),
+    )
+    .unwrap()
+    .model;
     let model_path = dir.path().join("lrp.onnx");
     std::fs::write(&model_path, model.encode_to_vec()).unwrap();
     let page = dir.path().join("heatmap.html");
-    let texts = ["w1 w5 w9 w3 w7 w12", "w2 w40 w60"];
+    let eval = std::fs::read_to_string(keys.join("eval.txt")).unwrap();
+    let texts: Vec<&str> = eval.lines().take(2).collect();
     let result = cli(&[
         "explain",
         arg(&model_path),
@@ -183,7 +187,7 @@ fn the_html_heatmap_renders_in_headless_chromium() {
     }
     // Each text is scaled by its own largest |relevance|: the hottest token is fully saturated.
     let saturated = [(255u8, 0u8, 0u8), (0, 0, 255)];
-    for text in texts {
+    for text in &texts {
         let words: Vec<&str> = text.split_whitespace().collect();
         assert!(
             spans
