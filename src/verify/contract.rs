@@ -78,6 +78,9 @@ pub struct VerifyReport {
     /// The outputs differed with ONNX Runtime's graph optimizations on, and these results come
     /// from running both models again with them off.
     pub unoptimized_rerun: bool,
+    /// Then: how far those optimizations moved the original's own outputs, relative to their
+    /// magnitude; the default output bound is at least this.
+    pub rounding_sensitivity: Option<f32>,
 }
 
 impl VerifyReport {
@@ -118,10 +121,23 @@ pub fn verify(
     progress(&format!(
         "verifying: outputs differ; running both again in {runtime} without graph optimizations"
     ));
-    let reference = run_source_at(runtime, original, inputs, false)?;
+    let as_written = run_source_at(runtime, original, inputs, false)?;
     let outputs = run_source_at(runtime, compiled, inputs, false)?;
-    let mut again = judge(&reference, &outputs, settings)?;
+    // How far the runtime's own reordering moved the original: a compiled model within that
+    // cannot be told apart from rounding, so the default bound rises to it (an explicit
+    // --output-tolerance stays as given).
+    let sensitivity = compare_outputs(&reference, &as_written, 0.0)
+        .iter()
+        .map(|c| c.max_abs_diff / c.magnitude.max(1.0))
+        .fold(0.0f32, max_or_nan);
+    let mut settings = settings.clone();
+    if settings.output_tolerance.is_none() {
+        let default = default_output_tolerance(settings.float_type, settings.depth);
+        settings.output_tolerance = Some(default.max(sensitivity));
+    }
+    let mut again = judge(&as_written, &outputs, &settings)?;
     again.unoptimized_rerun = true;
+    again.rounding_sensitivity = Some(sensitivity);
     Ok(again)
 }
 
@@ -166,6 +182,7 @@ pub fn judge(
         conserved,
         failed,
         unoptimized_rerun: false,
+        rounding_sensitivity: None,
     })
 }
 

@@ -396,7 +396,10 @@ fn print_verification(v: &VerifyReport, runtime_reason: &str, rules: &str) {
     if v.unoptimized_rerun {
         println!(
             "  (with graph optimizations on, ONNX Runtime rounded the original and the compiled \
-             model differently beyond the bound; both ran again as written:)"
+             model differently beyond the bound; both ran again as written. Those optimizations \
+             alone moved the original's outputs by {:.1e} of their size, so the default bound is \
+             at least that:)",
+            v.rounding_sensitivity.unwrap_or(0.0)
         );
     }
     for output in &v.outputs {
