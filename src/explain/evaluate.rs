@@ -195,17 +195,7 @@ pub fn evaluate(
                 )));
             }
             let (relevance, logits) = runner.run(std::slice::from_ref(ids))?.remove(0);
-            let target = logits
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                    if v > best.1 {
-                        (i, v)
-                    } else {
-                        best
-                    }
-                })
-                .0;
+            let target = crate::verify::argmax(logits.iter());
             scores.morf.push(curve(
                 &mut runner,
                 ids,

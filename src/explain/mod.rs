@@ -276,17 +276,7 @@ pub fn explain_texts(
             None => {
                 let logits = output(&outputs, &interface.logits_output)?;
                 let last = logits.shape()[1] - 1;
-                let row = logits.slice(ndarray::s![0, last, ..]);
-                row.iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                        if v > best.1 {
-                            (i, v)
-                        } else {
-                            best
-                        }
-                    })
-                    .0 as i64
+                crate::verify::argmax(logits.slice(ndarray::s![0, last, ..])) as i64
             }
         };
         let residual = logit - relevance.iter().sum::<f32>() - bias;

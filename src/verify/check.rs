@@ -137,18 +137,23 @@ fn explained_targets(
     };
     Some(
         last.outer_iter()
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                        if v > best.1 {
-                            (i, v)
-                        } else {
-                            best
-                        }
-                    })
-                    .0 as i64
-            })
+            .map(|row| argmax(row.iter()) as i64)
             .collect(),
     )
+}
+
+/// The index of the largest value (the first on ties; NaNs never win): the explained token
+/// when a model takes no `lrp_target`.
+pub fn argmax<'a>(values: impl IntoIterator<Item = &'a f32>) -> usize {
+    values
+        .into_iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
 }

@@ -9,7 +9,7 @@ mod staging;
 mod tolerance;
 mod tract_runner;
 
-pub use check::{check, CheckReport, CheckRow, Original};
+pub use check::{argmax, check, CheckReport, CheckRow, Original};
 pub use conservation::{conservation, SampleCheck};
 pub use contract::{
     changed_output, compare_outputs, not_conserved, verify, FailedCheck, OutputCheck, VerifyReport,
