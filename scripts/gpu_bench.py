@@ -10,15 +10,17 @@ What it does, in one process per step so that every figure is measured alone:
  1. builds the 130M-shaped Hugging Face model (random weights, models/export_bench.py's builder)
     and exports it with the TorchScript exporter at 16 tokens, batch 1;
  2. compiles it once per scan form (`--scan FORM --dynamic-seq --dynamic-batch --no-verify`);
- 3. per form and TF32 setting (`use_tf32` 0 and 1 for the first form, 0 for the others, which
-    skip the last case): creates a CUDA session (timed; ONNX Runtime's warning when nodes fall
+ 3. per form and TF32 setting (`use_tf32` 0 and 1 for the first form, 0 for the others):
+    creates a CUDA session (timed; ONNX Runtime's warning when nodes fall
     back to the CPU is reported), then per case (batch x tokens) runs forward +
     relevance with every output fetched, one warm-up then the median of `--runs`; reports the
     conservation residual max|logit - sum(R) - R_bias| / max(|logit|, 1) and the GPU memory
-    in use after the case (nvidia-smi; ONNX Runtime's arena only grows, cases run from small
-    to large);
+    in use after the case (nvidia-smi; the arena grows by what is asked and never shrinks, and
+    cases run from small to large, so the last figure is the peak);
  4. the PyTorch forward of the same model on the same GPU (all cases but the last) (Hugging Face's path without the
     CUDA kernels: the slow path), for the ratio.
+With `--profile BxS`, per form one more process runs that case with ONNX Runtime's profiler:
+kernel time and node count per op type and provider (CPU fallbacks show as `@CPU`).
 Writes DIR/gpu_bench.json and prints a Markdown table (README's GPU table).
 """
 from __future__ import annotations
@@ -90,11 +92,42 @@ def session(path, tf32, providers_wanted):
     options.log_severity_level = 2  # warnings: ONNX Runtime says when nodes fall back to the CPU
     providers = []
     if "CUDAExecutionProvider" in providers_wanted:
-        providers.append(("CUDAExecutionProvider", {"use_tf32": str(int(tf32))}))
+        # kSameAsRequested: the arena grows by what is asked, so the memory in use is the peak.
+        providers.append(("CUDAExecutionProvider", {"use_tf32": str(int(tf32)),
+                                                    "arena_extend_strategy": "kSameAsRequested"}))
     providers.append("CPUExecutionProvider")
     t = time.perf_counter()
     s = ort.InferenceSession(path, options, providers=providers)
     return s, time.perf_counter() - t
+
+
+def profile(path, tf32, batch, seq, vocab):
+    """One profiled run (after a warm-up): kernel time and node count per op type and provider."""
+    import collections
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(os.path.dirname(path), "profile")
+    providers = [("CUDAExecutionProvider", {"use_tf32": str(int(tf32))}), "CPUExecutionProvider"]
+    sess = ort.InferenceSession(path, options, providers=providers)
+    feed = {"input_ids": np.random.default_rng(seq + batch).integers(0, vocab, (batch, seq), dtype=np.int64)}
+    sess.run(None, feed)
+    sess.run(None, feed)
+    events = json.load(open(sess.end_profiling()))
+    runs = [e for e in events if e.get("name") == "model_run"]
+    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+             and runs and e["ts"] >= runs[-1]["ts"]]
+    by_op = collections.defaultdict(lambda: [0, 0.0])
+    for e in nodes:
+        key = f"{e['args'].get('op_name')}@{e['args'].get('provider', '?').replace('ExecutionProvider', '')}"
+        by_op[key][0] += 1
+        by_op[key][1] += e["dur"] / 1e3
+    top = sorted(by_op.items(), key=lambda kv: -kv[1][1])
+    return dict(case=f"{batch}x{seq}", run_ms=runs[-1]["dur"] / 1e3 if runs else None,
+                kernels=len(nodes), kernel_ms=sum(v[1] for v in by_op.values()),
+                by_op={k: dict(nodes=v[0], ms=round(v[1], 3)) for k, v in top[:25]})
 
 
 def run_cases(path, tf32, cases, runs, vocab):
@@ -163,7 +196,8 @@ def main():
     p.add_argument("--forms", nargs="+", default=["parallel", "rolled"])
     p.add_argument("--cases", nargs="+", default=["1x128", "1x512", "1x2048", "8x2048"])
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--step", choices=["all", "ort", "torch"], default="all")
+    p.add_argument("--step", choices=["all", "ort", "torch", "profile"], default="all")
+    p.add_argument("--profile", help="a case (BxS) to profile per form: kernel time per op and provider")
     p.add_argument("--model", help="an export to use instead of exporting (step ort)")
     p.add_argument("--tf32", type=int, choices=[0, 1])
     p.add_argument("--timeout", type=int, default=300, help="seconds per measuring process")
@@ -173,6 +207,11 @@ def main():
     import export_bench
 
     vocab = export_bench.SIZES[args.size]["vocab"]
+    if args.step == "profile":
+        batch, seq = cases[0]
+        print(json.dumps(profile(args.model, args.tf32 or 0, batch, seq, vocab), indent=1), file=open(
+            os.path.join(args.out, f"profile_{os.path.basename(args.model)}.json"), "w"))
+        return
     if args.step == "ort":  # one form and TF32 setting, in its own process
         print(json.dumps(run_cases(args.model, args.tf32, cases, args.runs, vocab)), file=open(
             os.path.join(args.out, f"ort_{os.path.basename(args.model)}_{args.tf32}.json"), "w"))
@@ -196,9 +235,9 @@ def main():
     for i, form in enumerate(args.forms):
         compiled, seconds = compile_form(args.compiler, model, form, args.out)
         results["forms"][form] = dict(compile_s=seconds, tf32={})
-        # The first form with TF32 off and on; the others (baselines) off, without the largest case.
+        # The first form with TF32 off and on; the others (baselines) off.
         settings = (0, 1) if i == 0 else (0,)
-        form_cases = args.cases if i == 0 else [c for c in args.cases if c != args.cases[-1]]
+        form_cases = args.cases
         for tf32 in settings:
             log(f"{form}, use_tf32={tf32}:")
             errors = os.path.join(args.out, f"ort_{form}_{tf32}.log")
@@ -216,6 +255,18 @@ def main():
                 continue
             with open(os.path.join(args.out, f"ort_{os.path.basename(compiled)}_{tf32}.json")) as f:
                 results["forms"][form]["tf32"][tf32] = dict(json.load(f), cpu_fallback=fallback)
+        if args.profile:
+            log(f"{form}: profiling {args.profile}")
+            done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out,
+                                   "--size", args.size, "--step", "profile", "--model", compiled, "--tf32", "0",
+                                   "--cases", args.profile], timeout=args.timeout)
+            name = os.path.join(args.out, f"profile_{os.path.basename(compiled)}.json")
+            if done.returncode == 0 and os.path.exists(name):
+                results["forms"][form]["profile"] = json.load(open(name))
+                prof = results["forms"][form]["profile"]
+                log(f"  run {prof['run_ms']:.1f} ms, {prof['kernels']} kernels, {prof['kernel_ms']:.1f} ms kernel time")
+                for op, v in list(prof["by_op"].items())[:12]:
+                    log(f"    {op}: {v['nodes']} nodes, {v['ms']:.1f} ms")
         os.remove(compiled)
     subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--size",
                     args.size, "--step", "torch", "--runs", str(args.runs), "--cases", *args.cases[:-1]],

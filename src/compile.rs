@@ -480,6 +480,8 @@ impl Compilation {
             }
             // Constants the rewrites replaced are now unused.
             topo::remove_dead_nodes(graph, |n| n.op_type() == "Constant")?;
+            // Shapes are runtime values now: the backward pass reads the forward's copies.
+            graph.merge_duplicate_shapes()?;
         }
         self.graph.remove_unused_minted_initializers();
         Ok(())

@@ -6,9 +6,13 @@ use crate::error::Result;
 use crate::ir::{topo, Graph};
 
 /// Float values carry relevance; a value of unknown type is assumed to, so that a gap in type
-/// inference surfaces as an error naming it rather than as a silently empty path.
+/// inference surfaces as an error naming it rather than as a silently empty path. A shape
+/// (`Shape`, `Size`) never does, whatever its input.
 fn is_float(graph: &Graph, value: &str) -> bool {
-    graph.value_type(value).map_or(true, |t| t.dtype.is_float())
+    let shape_read = graph
+        .producer(value)
+        .is_some_and(|(_, node)| matches!(node.op_type(), "Shape" | "Size"));
+    !shape_read && graph.value_type(value).map_or(true, |t| t.dtype.is_float())
 }
 
 /// Values computed from `source` along edges that are not stopped.

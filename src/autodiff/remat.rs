@@ -20,32 +20,62 @@ use crate::error::Result;
 use crate::ir::{DType, Graph};
 use crate::onnx::attributes::make_int;
 
-/// How many ops deep a recomputation may reach.
-const MAX_DEPTH: usize = 6;
+/// How many ops deep a recomputation may reach (the parallel scan's clamped chunk totals sit
+/// about ten ops above dt).
+const MAX_DEPTH: usize = 16;
+/// Inputs at most this fraction of the recomputed value are kept from the forward pass (read
+/// late); larger ones are recomputed too where they can be. (The parallel scan's chunk totals
+/// are 1/L of its [B, D, S, N] values: kept for every layer, they were most of its memory.)
+const KEPT_FRACTION: usize = 64;
 
 fn numel(graph: &Graph, value: &str) -> Option<usize> {
     graph.value_type(value).ok().map(|t| t.numel())
 }
 
-/// Whether `value` can be rebuilt from strictly smaller stored values by recomputable ops.
-fn recomputable(graph: &Graph, value: &str, depth: usize) -> bool {
+/// How an input of a recomputation is obtained.
+#[derive(PartialEq)]
+enum Source {
+    /// A constant, or not read at all.
+    AsIs,
+    /// Rebuilt as well.
+    Rebuilt,
+    /// Kept from the forward pass and read late: smaller than the recomputed value.
+    Kept,
+}
+
+/// How `input` of a recomputation of a value of `root` elements is obtained, `None` when it
+/// cannot be.
+fn source(graph: &Graph, input: &str, root: usize, depth: usize) -> Option<Source> {
+    if input.is_empty() || graph.is_constant(input) {
+        return Some(Source::AsIs);
+    }
+    let size = numel(graph, input)?;
+    let small = size.saturating_mul(KEPT_FRACTION) <= root;
+    if !small && recomputable(graph, input, root, depth + 1) {
+        Some(Source::Rebuilt)
+    } else if size < root {
+        Some(Source::Kept)
+    } else {
+        None
+    }
+}
+
+/// Whether `value` can be rebuilt, within a recomputation of a value of `root` elements, from
+/// constants and stored values smaller than the root by recomputable ops.
+fn recomputable(graph: &Graph, value: &str, root: usize, depth: usize) -> bool {
     if depth > MAX_DEPTH {
         return false;
     }
     let Some((index, node)) = graph.producer(value) else {
         return false;
     };
-    let Some(size) = numel(graph, value) else {
-        return false;
-    };
     // Ops registered as cheap per element (elementwise and layout ops).
     graph.op(index).def().is_some_and(|def| def.recomputable)
         && node.output.len() == 1
-        && node.input.iter().all(|input| {
-            input.is_empty()
-                || numel(graph, input).is_some_and(|n| n < size)
-                || (numel(graph, input) == Some(size) && recomputable(graph, input, depth + 1))
-        })
+        && node
+            .input
+            .iter()
+            .all(|input| source(graph, input, root, depth).is_some())
 }
 
 /// `value`, or a recomputation of it when it is large and made from smaller values (see the
@@ -60,11 +90,15 @@ pub(crate) fn recomputed(
     if let Some(done) = cache.get(value) {
         return Ok(done.clone());
     }
-    if !recomputable(graph, value, 0) {
+    let Some(root) = numel(graph, value) else {
+        return Ok(value.to_string());
+    };
+    if !recomputable(graph, value, root, 0) {
         return Ok(value.to_string());
     }
     let mut late = LateInputs {
         anchor,
+        root,
         zero: None,
         copies: HashMap::new(),
     };
@@ -74,6 +108,8 @@ pub(crate) fn recomputed(
 /// The small inputs of one recomputation, read after its anchor.
 struct LateInputs<'a> {
     anchor: &'a str,
+    /// Elements of the value recomputed.
+    root: usize,
     /// `0 * int(first element of anchor)`, built once for all inputs.
     zero: Option<String>,
     /// Input -> its late copy.
@@ -94,15 +130,12 @@ fn rebuild(
         .producer(value)
         .expect("recomputable values have a producer");
     let node = node.clone();
-    let size = numel(graph, value).unwrap_or(0);
     let mut inputs = Vec::new();
     for input in &node.input {
-        inputs.push(if input.is_empty() || graph.is_constant(input) {
-            input.clone()
-        } else if numel(graph, input) == Some(size) {
-            rebuild(graph, input, cache, late)?
-        } else {
-            after(graph, input, late)
+        inputs.push(match source(graph, input, late.root, 0) {
+            Some(Source::Rebuilt) => rebuild(graph, input, cache, late)?,
+            Some(Source::Kept) => after(graph, input, late),
+            _ => input.clone(),
         });
     }
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();

@@ -1,9 +1,13 @@
 //! Edits of the main graph that keep the producer and consumer indexes and the value types
 //! valid. Passes outside `ir` change the graph only through these (and the `add_*` builders).
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use prost::Message;
 
 use super::scan::{ScanKind, SelectiveScan};
 use super::{DType, Graph, ValueType};
+use crate::error::Result;
 use crate::onnx::proto::{AttributeProto, NodeProto, ValueInfoProto};
 use crate::onnx::value_info;
 
@@ -162,6 +166,44 @@ impl Graph {
         if let Some(scan) = self.selective_scans.remove(old) {
             self.selective_scans.insert(new.to_string(), scan);
         }
+    }
+
+    /// Merges the `Shape` nodes that read one value (with the same attributes) into the first
+    /// in topological order, and re-sorts. The backward pass asks for the runtime shapes of
+    /// forward values; merged, it reads the copy the forward pass took while the value was
+    /// live, instead of keeping a [B, D, S, N] tensor per layer alive for a late read (see
+    /// [`Graph::op_shape_of`]). Returns how many nodes went.
+    pub fn merge_duplicate_shapes(&mut self) -> Result<usize> {
+        let outputs: HashSet<String> = self.output_names().map(str::to_string).collect();
+        let mut first: HashMap<(String, Vec<Vec<u8>>), String> = HashMap::new();
+        let mut merged: HashMap<String, String> = HashMap::new();
+        for index in super::topo::order(self)? {
+            let node = &self.proto.node[index];
+            if node.op_type() != "Shape"
+                || node.input.len() != 1
+                || node.output.len() != 1
+                || outputs.contains(&node.output[0])
+            {
+                continue;
+            }
+            let mut attrs: Vec<Vec<u8>> =
+                node.attribute.iter().map(|a| a.encode_to_vec()).collect();
+            attrs.sort();
+            match first.entry((node.input[0].clone(), attrs)) {
+                Entry::Occupied(kept) => {
+                    merged.insert(node.output[0].clone(), kept.get().clone());
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(node.output[0].clone());
+                }
+            }
+        }
+        for (duplicate, kept) in &merged {
+            self.replace_uses(duplicate, kept);
+        }
+        self.retain_nodes(|node| !node.output.iter().any(|o| merged.contains_key(o)));
+        super::topo::sort_nodes(self)?;
+        Ok(merged.len())
     }
 
     /// Keeps the nodes for which `keep` is true (in order) and reindexes; the outputs of the

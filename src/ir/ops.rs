@@ -84,15 +84,47 @@ impl Graph {
         }
     }
 
+    /// The runtime shape of `value` (int64 `[rank]`). Through a `Pad` with its amounts as an
+    /// input it is the shape of the unpadded value plus the amounts: the backward pass asks
+    /// for the shapes of forward values, and reading a large padded copy's shape there would
+    /// keep the copy alive until then (runtimes order nodes their own way; ONNX Runtime's
+    /// default order runs such reads late), while the unpadded value's shape is one the forward
+    /// pass reads anyway (see [`Graph::merge_duplicate_shapes`]).
+    pub fn op_shape_of(&mut self, value: &str) -> String {
+        let padded = self.producer(value).and_then(|(_, node)| {
+            let unpadded = node.op_type() == "Pad"
+                && node.input.len() >= 2
+                && node.input.get(3).is_none_or(|axes| axes.is_empty());
+            unpadded.then(|| (node.input[0].clone(), node.input[1].clone()))
+        });
+        let rank = self.shape(value).map(|s| s.len() as i64);
+        match (padded, rank) {
+            (Some((inner, pads)), Ok(rank)) => {
+                let inner = self.op_shape_of(&inner);
+                let axis = self.const_i64(&[0]);
+                let (zero, middle, end) = (
+                    self.const_i64(&[0]),
+                    self.const_i64(&[rank]),
+                    self.const_i64(&[2 * rank]),
+                );
+                let begins = self.add_node("Slice", &[&pads, &zero, &middle, &axis], vec![]);
+                let ends = self.add_node("Slice", &[&pads, &middle, &end, &axis], vec![]);
+                let grown = self.op_binary("Add", &inner, &begins);
+                self.op_binary("Add", &grown, &ends)
+            }
+            _ => self.add_node("Shape", &[value], vec![]),
+        }
+    }
+
     /// `x` reshaped to the runtime shape of `like` (no static dims baked in).
     pub fn op_reshape_like(&mut self, x: &str, like: &str) -> String {
-        let shape = self.add_node("Shape", &[like], vec![]);
+        let shape = self.op_shape_of(like);
         self.add_node("Reshape", &[x, &shape], vec![])
     }
 
     /// `x` broadcast to the runtime shape of `like`.
     pub fn op_expand_like(&mut self, x: &str, like: &str) -> String {
-        let shape = self.add_node("Shape", &[like], vec![]);
+        let shape = self.op_shape_of(like);
         self.add_node("Expand", &[x, &shape], vec![])
     }
 

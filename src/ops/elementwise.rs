@@ -72,9 +72,11 @@ pub(super) static OPS: &[OpDef] = &[
     OpDef::new("Swish", UNARY, same_as_input),
     OpDef::new("Max", BINARY, infer_broadcast)
         .with_vjp(Linearity::NonLinear, extremum_back)
+        .with_fold(fold_arithmetic)
         .recomputable(),
     OpDef::new("Min", BINARY, infer_broadcast)
         .with_vjp(Linearity::NonLinear, extremum_back)
+        .with_fold(fold_arithmetic)
         .recomputable(),
     OpDef::new("Greater", BINARY, infer_comparison),
     OpDef::new("Less", BINARY, infer_comparison),
@@ -433,6 +435,8 @@ fn fold_arithmetic(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<
         "Add" => i64::checked_add,
         "Sub" => i64::checked_sub,
         "Mul" => i64::checked_mul,
+        "Min" => |x: i64, y: i64| Some(x.min(y)),
+        "Max" => |x: i64, y: i64| Some(x.max(y)),
         _ => i64::checked_div,
     };
     let Some(shape) = broadcast(a.shape(), b.shape()) else {

@@ -26,12 +26,12 @@ pub(super) static OPS: &[OpDef] = &[
         .with_vjp(Linearity::Linear, reshape_back),
     OpDef::new("Unsqueeze", Arity::new(2, 1).until(13, 1), infer_unsqueeze)
         .with_parse(attrs::axes)
-        .with_vjp(Linearity::Linear, reshape_back)
+        .with_vjp(Linearity::Linear, unsqueeze_back)
         .with_fold(fold_relayout)
         .recomputable(),
     OpDef::new("Squeeze", Arity::new(1, 1), infer_squeeze)
         .with_parse(attrs::axes)
-        .with_vjp(Linearity::Linear, reshape_back)
+        .with_vjp(Linearity::Linear, squeeze_back)
         .with_fold(fold_relayout)
         .recomputable(),
     OpDef::new("Transpose", Arity::new(1, 1), infer_transpose)
@@ -52,7 +52,8 @@ pub(super) static OPS: &[OpDef] = &[
     OpDef::new("Slice", Arity::new(3, 1).until(10, 1), infer_slice)
         .with_parse(attrs::slice)
         .with_vjp(Linearity::Linear, slice_back)
-        .with_fold(fold_slice),
+        .with_fold(fold_slice)
+        .recomputable(),
     OpDef::new("Pad", Arity::new(2, 1).until(11, 1), infer_pad)
         .with_parse(attrs::pad)
         .with_vjp(Linearity::Linear, pad_back)
@@ -303,6 +304,48 @@ fn reshape_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     Ok(vjp)
 }
 
+/// The transpose of a Squeeze is the Unsqueeze of the same axes: no runtime shape is read
+/// (a read of the forward input's shape would keep it alive until the relevance pass).
+fn squeeze_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
+    let node = step.node;
+    let Attrs::Axes(attribute) = step.attrs else {
+        unreachable!("parsed by attrs::axes")
+    };
+    let rank = step.input_shape(graph, 0)?.len();
+    let axes = match axes_operand(graph, node, attribute)? {
+        Some(axes) => axes
+            .iter()
+            .map(|&a| normalize_axis(a, rank, node).map(|a| a as i64))
+            .collect::<Result<Vec<_>>>()?,
+        // Every dim of size 1 (as traced).
+        None => (0..rank as i64)
+            .filter(|&a| step.input_shape(graph, 0).is_ok_and(|s| s[a as usize] == 1))
+            .collect(),
+    };
+    let g = step.grad()?;
+    let mut vjp = Vjp::default();
+    vjp.full(0, graph.op_unsqueeze(&g, &axes));
+    Ok(vjp)
+}
+
+/// The transpose of an Unsqueeze is the Squeeze of the same axes (no runtime shape read).
+fn unsqueeze_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
+    let node = step.node;
+    let Attrs::Axes(attribute) = step.attrs else {
+        unreachable!("parsed by attrs::axes")
+    };
+    let rank = step.output_shape(graph)?.len();
+    let axes = axes_operand(graph, node, attribute)?
+        .ok_or_else(|| Error::node(node, "Unsqueeze without axes"))?
+        .iter()
+        .map(|&a| normalize_axis(a, rank, node).map(|a| a as i64))
+        .collect::<Result<Vec<_>>>()?;
+    let g = step.grad()?;
+    let mut vjp = Vjp::default();
+    vjp.full(0, graph.op_squeeze(&g, &axes));
+    Ok(vjp)
+}
+
 fn transpose_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let g = step.grad()?;
     let rank = step.output_shape(graph)?.len();
@@ -395,7 +438,7 @@ fn slice_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     }
     let before = graph.const_i64(&before.iter().map(|&p| p as i64).collect::<Vec<_>>());
     let (whole, part) = (
-        graph.add_node("Shape", &[&node.input[0]], vec![]),
+        graph.op_shape_of(&node.input[0]),
         graph.add_node("Shape", &[&g], vec![]),
     );
     let rest = graph.add_node("Sub", &[&whole, &part], vec![]);
@@ -435,7 +478,7 @@ fn pad_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let g = step.grad()?;
     // The cotangent of the input is the unpadded window, bounded by its runtime shape.
     let begins = graph.const_i64(&pads[..rank]);
-    let shape = graph.add_node("Shape", &[&node.input[0]], vec![]);
+    let shape = graph.op_shape_of(&node.input[0]);
     let ends = graph.add_node("Add", &[&begins, &shape], vec![]);
     let axes = graph.const_i64(&(0..rank as i64).collect::<Vec<_>>());
     let mut vjp = Vjp::default();

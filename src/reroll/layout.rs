@@ -62,13 +62,7 @@ pub(super) fn emit(
     // they leave every y_t and every relevance unchanged. (Zero fills keep the pads linear; the
     // Scan's final state, which no exported graph reads, then ends at zero.) A fixed length
     // gets a chunk length dividing it and no pad: padding copies every operand.
-    let seq = pad_at_runtime.then(|| {
-        graph.add_node(
-            "Shape",
-            &[input],
-            vec![make_int("start", 2), make_int("end", 3)],
-        )
-    });
+    let seq = pad_at_runtime.then(|| runtime_length(graph, input));
     let (pads4, pads3) = match &seq {
         Some(seq) => {
             let pad = padding(graph, seq, len);
@@ -116,6 +110,19 @@ pub(super) fn finish(graph: &mut Graph, chain: &Chain, mut y: String, dtype: DTy
     graph.rename_output(&chain.stacked, &retired);
     graph.rename_output(&y, &chain.stacked);
     Ok(())
+}
+
+/// The runtime length (int64 `[1]`) of `value`'s time axis, axis 2. Sliced from its whole
+/// shape, which the relevance pass reads too: the two reads merge into one the forward pass
+/// makes (see `Graph::merge_duplicate_shapes`).
+pub(super) fn runtime_length(graph: &mut Graph, value: &str) -> String {
+    let shape = graph.add_node("Shape", &[value], vec![]);
+    let (start, end, axis) = (
+        graph.const_i64(&[2]),
+        graph.const_i64(&[3]),
+        graph.const_i64(&[0]),
+    );
+    graph.add_node("Slice", &[&shape, &start, &end, &axis], vec![])
 }
 
 /// How many steps pad the runtime length `seq` up to whole chunks of `len`.

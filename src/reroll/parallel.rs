@@ -99,7 +99,29 @@ pub(super) fn emit(graph: &mut Graph, chain: &Chain, len: usize, symbolic: bool)
     } else {
         levels_for(seq, len)
     };
-    let mut states = solve(graph, &form, &log_decay, &input, seq, levels);
+    let chunked = solve(graph, &form, &log_decay, &input, seq, levels);
+    // y_t = <h_t, C_t>, read out in the chunk layout, so that no [B, D, T, N] copy is made to
+    // un-chunk the states (nor kept for the relevance pass to read its shape):
+    // C [B, T, N] -> [B, 1, K, L, N], y [B, D, K, L] -> [B, D, T].
+    let readout_chunks = {
+        let padded = match &chunked.runtime {
+            Some((_, pad)) => {
+                let pads = layout::pads(graph, pad, 3);
+                graph.add_node("Pad", &[&readout, &pads], vec![])
+            }
+            None => readout.clone(),
+        };
+        let shape = graph.const_i64(&[0, -1, len as i64, n as i64]);
+        let chunks = graph.add_node("Reshape", &[&padded, &shape], vec![]);
+        graph.op_unsqueeze(&chunks, &[1])
+    };
+    let products = graph.add_node("Mul", &[&chunked.states, &readout_chunks], vec![]);
+    let y = graph.op_reduce_sum(&products, &[4], false);
+    let flat = graph.const_i64(&[0, 0, -1]);
+    let y = graph.add_node("Reshape", &[&y, &flat], vec![]);
+    // The relevance pass reads the products' shape (to spread y's cotangent over N): the
+    // trim reads it too, so that the read happens in the forward pass (see `trim`).
+    let mut y = trim_within(graph, &y, &chunked, &products, len);
     if !is_zero_fill(graph, &chain.h0) {
         // h0 decays from the first step on: exp(cumsum(log a)) h0 (every exponent <= 0).
         let time = graph.scalar_i64(2);
@@ -108,12 +130,11 @@ pub(super) fn emit(graph: &mut Graph, chain: &Chain, len: usize, symbolic: bool)
         let h0 = cast(graph, &chain.h0);
         let h0 = graph.op_unsqueeze(&h0, &[2]);
         let from_h0 = graph.add_node("Mul", &[&decayed, &h0], vec![]);
-        states = graph.add_node("Add", &[&states, &from_h0], vec![]);
+        let readout = graph.op_unsqueeze(&readout, &[1]);
+        let products = graph.add_node("Mul", &[&from_h0, &readout], vec![]);
+        let y_h0 = graph.op_reduce_sum(&products, &[3], false);
+        y = graph.add_node("Add", &[&y, &y_h0], vec![]);
     }
-    // y_t = <h_t, C_t>: C [B, T, N] -> [B, 1, T, N]
-    let readout = graph.op_unsqueeze(&readout, &[1]);
-    let products = graph.add_node("Mul", &[&states, &readout], vec![]);
-    let y = graph.op_reduce_sum(&products, &[3], false);
     layout::finish(graph, chain, y, dtype)
 }
 
@@ -127,8 +148,76 @@ fn levels_for(seq: usize, len: usize) -> usize {
     levels
 }
 
-/// The states `[B, D, T, N]` of `h_t = exp(log_decay_t) h_{t-1} + input_t` from a zero state,
-/// T traced at `seq`, with `levels` more levels above this one.
+/// One level's states, still in chunks: `[B, D, K, L, N]` over the time axis padded to whole
+/// chunks.
+struct Chunked {
+    states: String,
+    /// The runtime length and the steps padded after it (`None`: a fixed length of whole
+    /// chunks, nothing padded).
+    runtime: Option<(String, String)>,
+}
+
+/// `[B, D, K, L, N]` -> `[B, D, K * L, N]`, to a target built from the runtime shape of
+/// `chunks`: the relevance pass reshapes back to that shape, and so reads the forward's copy
+/// (`Graph::merge_duplicate_shapes`) instead of keeping `chunks` alive to read it late.
+fn flatten_chunks(graph: &mut Graph, chunks: &str, n: i64) -> String {
+    let shape = graph.add_node("Shape", &[chunks], vec![]);
+    let (start, end, axis) = (
+        graph.const_i64(&[0]),
+        graph.const_i64(&[2]),
+        graph.const_i64(&[0]),
+    );
+    let lead = graph.add_node("Slice", &[&shape, &start, &end, &axis], vec![]);
+    let rest = graph.const_i64(&[-1, n]);
+    let target = graph.add_node("Concat", &[&lead, &rest], vec![make_int("axis", 0)]);
+    graph.add_node("Reshape", &[chunks, &target], vec![])
+}
+
+/// `value` `[B, D, K * L, ..]`, trimmed to the runtime length of `chunked` along axis 2. The
+/// end is written `min(length, padded length)` (the length): reading `value`'s shape here
+/// merges with the relevance pass's read of it (`Graph::merge_duplicate_shapes`), which would
+/// otherwise keep `value` alive until the relevance pass.
+fn trim(graph: &mut Graph, value: &str, chunked: &Chunked) -> String {
+    match &chunked.runtime {
+        Some(_) => {
+            let padded = layout::runtime_length(graph, value);
+            trim_to(graph, value, chunked, &padded)
+        }
+        None => value.to_string(),
+    }
+}
+
+/// [`trim`], with the padded length read off `chunks` `[B, D, K, L, ..]` (K * L, L = `len`).
+fn trim_within(
+    graph: &mut Graph,
+    value: &str,
+    chunked: &Chunked,
+    chunks: &str,
+    len: usize,
+) -> String {
+    match &chunked.runtime {
+        Some(_) => {
+            let count = layout::runtime_length(graph, chunks);
+            let len = graph.const_i64(&[len as i64]);
+            let padded = graph.add_node("Mul", &[&count, &len], vec![]);
+            trim_to(graph, value, chunked, &padded)
+        }
+        None => value.to_string(),
+    }
+}
+
+/// `value` sliced along axis 2 to `min(runtime length, padded)` (the runtime length).
+fn trim_to(graph: &mut Graph, value: &str, chunked: &Chunked, padded: &str) -> String {
+    let Some((seq, _)) = &chunked.runtime else {
+        return value.to_string();
+    };
+    let end = graph.add_node("Min", &[seq, padded], vec![]);
+    let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
+    graph.add_node("Slice", &[value, &start, &end, &axis], vec![])
+}
+
+/// The states of `h_t = exp(log_decay_t) h_{t-1} + input_t` from a zero state, in chunks
+/// (see [`Chunked`]); T traced at `seq`, with `levels` more levels above this one.
 fn solve(
     graph: &mut Graph,
     form: &Form,
@@ -136,22 +225,17 @@ fn solve(
     input: &str,
     seq: usize,
     levels: usize,
-) -> String {
+) -> Chunked {
     let (len, n) = (form.len, form.n as i64);
     // Pad the time axis to whole chunks (at run time for a symbolic length). Padded steps have
     // log decay 0 and input 0: they change no state before them.
-    let runtime_seq = (form.symbolic || !seq.is_multiple_of(len)).then(|| {
-        graph.add_node(
-            "Shape",
-            &[input],
-            vec![make_int("start", 2), make_int("end", 3)],
-        )
+    let runtime = (form.symbolic || !seq.is_multiple_of(len)).then(|| {
+        let seq = layout::runtime_length(graph, input);
+        let pad = layout::padding(graph, &seq, len);
+        (seq, pad)
     });
     let chunk_shape = graph.const_i64(&[0, 0, -1, len as i64, n]);
-    let pads = runtime_seq.as_ref().map(|seq| {
-        let pad = layout::padding(graph, seq, len);
-        layout::pads(graph, &pad, 4)
-    });
+    let pads = runtime.as_ref().map(|(_, pad)| layout::pads(graph, pad, 4));
     let to_chunks = |graph: &mut Graph, value: &str| {
         let value = match &pads {
             Some(pads) => graph.add_node("Pad", &[value, pads], vec![]),
@@ -179,27 +263,26 @@ fn solve(
     // Between chunks: the same recurrence over the chunks' ends, one level up.
     let chunks = seq.div_ceil(len);
     if levels > 0 && (form.symbolic || chunks > 1) {
-        let per_chunk = graph.const_i64(&[0, 0, -1, n]);
+        // The relevance pass reads no shape of these values: Squeeze's transpose needs none,
+        // and the flattening Reshape takes its target from the shape the forward reads.
         let ends = graph.op_slice_signed(&states, 3, len as i64 - 1, len as i64);
-        let ends = graph.add_node("Reshape", &[&ends, &per_chunk], vec![]);
-        let spans = graph.add_node("Reshape", &[&total, &per_chunk], vec![]);
+        let ends = graph.op_squeeze(&ends, &[3]);
+        let spans = graph.op_squeeze(&total, &[3]);
         let spans = graph.add_node("Max", &[&spans, &form.floor], vec![]);
-        let after = solve(graph, form, &spans, &ends, chunks, levels - 1);
-        // The state entering chunk k is the one after chunk k - 1 (zero for the first).
+        let above = solve(graph, form, &spans, &ends, chunks, levels - 1);
+        let after = flatten_chunks(graph, &above.states, n);
+        let after = trim(graph, &after, &above);
+        // The state entering chunk k is the one after chunk k - 1 (zero for the first): shifted
+        // by one and cut to the length of `after`, read off its shape (which the relevance
+        // pass reads too: the reads merge, so `after` is not kept for it).
         let shifted = graph.op_pad(&after, &[0, 0, 1, 0], &[0; 4]);
-        let entering = graph.op_slice_signed(&shifted, 2, 0, -1);
+        let count = layout::runtime_length(graph, &after);
+        let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
+        let entering = graph.add_node("Slice", &[&shifted, &start, &count, &axis], vec![]);
         let entering = graph.op_unsqueeze(&entering, &[3]);
         let from_start = graph.add_node("Exp", &[&cumulative], vec![]);
         let carried = graph.add_node("Mul", &[&from_start, &entering], vec![]);
         states = graph.add_node("Add", &[&states, &carried], vec![]);
     }
-    let flat = graph.const_i64(&[0, 0, -1, n]);
-    let states = graph.add_node("Reshape", &[&states, &flat], vec![]);
-    match &runtime_seq {
-        Some(seq) => {
-            let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
-            graph.add_node("Slice", &[&states, &start, seq, &axis], vec![])
-        }
-        None => states,
-    }
+    Chunked { states, runtime }
 }
