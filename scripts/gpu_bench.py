@@ -19,6 +19,8 @@ What it does, in one process per step so that every figure is measured alone:
     cases run from small to large, so the last figure is the peak);
  4. the PyTorch forward of the same model on the same GPU (all cases but the last) (Hugging Face's path without the
     CUDA kernels: the slow path), for the ratio.
+With `--cuda-graph BxS`, the parallel form is also run with its input fixed at that shape (I/O
+bound on the GPU), without and with ONNX Runtime's CUDA graph capture.
 With `--profile BxS`, per form one more process runs that case with ONNX Runtime's profiler:
 kernel time and node count per op type and provider (CPU fallbacks show as `@CPU`).
 Writes DIR/gpu_bench.json and prints a Markdown table (README's GPU table).
@@ -36,6 +38,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "models"))
+
+
+# The CUDA arena's growth: "same" (as requested) or ONNX Runtime's "default" (powers of two).
+ARENA = "same"
 
 
 def log(*a):
@@ -92,9 +98,12 @@ def session(path, tf32, providers_wanted):
     options.log_severity_level = 2  # warnings: ONNX Runtime says when nodes fall back to the CPU
     providers = []
     if "CUDAExecutionProvider" in providers_wanted:
-        # kSameAsRequested: the arena grows by what is asked, so the memory in use is the peak.
-        providers.append(("CUDAExecutionProvider", {"use_tf32": str(int(tf32)),
-                                                    "arena_extend_strategy": "kSameAsRequested"}))
+        # kSameAsRequested: the arena grows by what is asked, so the memory in use is the peak
+        # (ONNX Runtime's default, kNextPowerOfTwo, can double it).
+        cuda = {"use_tf32": str(int(tf32))}
+        if ARENA == "same":
+            cuda["arena_extend_strategy"] = "kSameAsRequested"
+        providers.append(("CUDAExecutionProvider", cuda))
     providers.append("CPUExecutionProvider")
     t = time.perf_counter()
     s = ort.InferenceSession(path, options, providers=providers)
@@ -128,6 +137,65 @@ def profile(path, tf32, batch, seq, vocab):
     return dict(case=f"{batch}x{seq}", run_ms=runs[-1]["dur"] / 1e3 if runs else None,
                 kernels=len(nodes), kernel_ms=sum(v[1] for v in by_op.values()),
                 by_op={k: dict(nodes=v[0], ms=round(v[1], 3)) for k, v in top[:25]})
+
+
+def static_copy(path, batch, seq):
+    """The compiled model with its input's axes fixed at batch x seq (ONNX Runtime then folds the
+    shape arithmetic, which CUDA graph capture needs)."""
+    import onnx
+
+    model = onnx.load(path)
+    for vi in model.graph.input:
+        if vi.name == "input_ids":
+            dims = vi.type.tensor_type.shape.dim
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = batch
+            dims[1].ClearField("dim_param")
+            dims[1].dim_value = seq
+    out = path.replace(".onnx", f"_static_{batch}x{seq}.onnx")
+    onnx.save(model, out)
+    return out
+
+
+def cuda_graph(path, batch, seq, runs, vocab):
+    """The static-shape copy, timed with I/O bound on the GPU, without and with CUDA graphs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    static = static_copy(path, batch, seq)
+    ids = np.random.default_rng(seq + batch).integers(0, vocab, (batch, seq), dtype=np.int64)
+    rows = {}
+    for graph in (0, 1):
+        options = {"use_tf32": "0", "enable_cuda_graph": str(graph)}
+        t = time.perf_counter()
+        try:
+            sess = ort.InferenceSession(static, ort.SessionOptions(),
+                                        providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"])
+            created = time.perf_counter() - t
+            shapes = [(o.name, o.shape, o.type) for o in sess.get_outputs()]
+            plain = ort.InferenceSession(static, providers=["CUDAExecutionProvider"]) if graph else sess
+            first = plain.run(None, {"input_ids": ids})
+            binding = sess.io_binding()
+            binding.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(ids, "cuda", 0))
+            for (name, _, _), value in zip(shapes, first):
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_shape_and_type(
+                    value.shape, value.dtype, "cuda", 0))
+            sess.run_with_iobinding(binding)  # warm-up (captures the graph when enabled)
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                sess.run_with_iobinding(binding)
+                binding.synchronize_outputs()
+                times.append(time.perf_counter() - t)
+            rows[f"cuda_graph_{graph}"] = dict(session_s=created, median_s=statistics.median(times))
+            log(f"  static {batch}x{seq}, CUDA graph {graph}: session {created:.1f} s, "
+                f"median {rows[f'cuda_graph_{graph}']['median_s'] * 1e3:.1f} ms")
+        except Exception as e:
+            rows[f"cuda_graph_{graph}"] = dict(error=str(e).splitlines()[0][:300])
+            log(f"  static {batch}x{seq}, CUDA graph {graph}: failed: {rows[f'cuda_graph_{graph}']['error']}")
+    return rows
 
 
 def run_cases(path, tf32, cases, runs, vocab):
@@ -196,17 +264,28 @@ def main():
     p.add_argument("--forms", nargs="+", default=["parallel", "rolled"])
     p.add_argument("--cases", nargs="+", default=["1x128", "1x512", "1x2048", "8x2048"])
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--step", choices=["all", "ort", "torch", "profile"], default="all")
+    p.add_argument("--step", choices=["all", "ort", "torch", "profile", "cudagraph"], default="all")
+    p.add_argument("--cuda-graph", help="a case (BxS): the parallel form with its input fixed at that "
+                   "shape, timed without and with ONNX Runtime's CUDA graph capture")
     p.add_argument("--profile", help="a case (BxS) to profile per form: kernel time per op and provider")
     p.add_argument("--model", help="an export to use instead of exporting (step ort)")
     p.add_argument("--tf32", type=int, choices=[0, 1])
     p.add_argument("--timeout", type=int, default=300, help="seconds per measuring process")
+    p.add_argument("--arena", choices=["same", "default"], default="same",
+                   help="the CUDA arena's growth: as requested (memory in use = peak) or ONNX Runtime's default")
     args = p.parse_args()
+    global ARENA
+    ARENA = args.arena
     cases = [tuple(int(v) for v in c.split("x")) for c in args.cases]
     os.makedirs(args.out, exist_ok=True)
     import export_bench
 
     vocab = export_bench.SIZES[args.size]["vocab"]
+    if args.step == "cudagraph":
+        batch, seq = cases[0]
+        print(json.dumps(cuda_graph(args.model, batch, seq, args.runs, vocab)), file=open(
+            os.path.join(args.out, f"cudagraph_{os.path.basename(args.model)}.json"), "w"))
+        return
     if args.step == "profile":
         batch, seq = cases[0]
         print(json.dumps(profile(args.model, args.tf32 or 0, batch, seq, vocab), indent=1), file=open(
@@ -220,7 +299,7 @@ def main():
         print(json.dumps(torch_forward(args.size, cases, args.runs)),
               file=open(os.path.join(args.out, "torch.json"), "w"))
         return
-    results = dict(date=time.strftime("%Y-%m-%d"), forms={})
+    results = dict(date=time.strftime("%Y-%m-%d"), arena=args.arena, forms={})
     try:
         import onnxruntime
         results["onnxruntime"] = onnxruntime.__version__
@@ -242,7 +321,7 @@ def main():
             log(f"{form}, use_tf32={tf32}:")
             errors = os.path.join(args.out, f"ort_{form}_{tf32}.log")
             with open(errors, "w") as err:
-                done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out,
+                done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena,
                                        "--size", args.size, "--step", "ort", "--model", compiled, "--tf32",
                                        str(tf32), "--runs", str(args.runs), "--cases", *form_cases],
                                       stderr=err, timeout=args.timeout)
@@ -257,7 +336,7 @@ def main():
                 results["forms"][form]["tf32"][tf32] = dict(json.load(f), cpu_fallback=fallback)
         if args.profile:
             log(f"{form}: profiling {args.profile}")
-            done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out,
+            done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena,
                                    "--size", args.size, "--step", "profile", "--model", compiled, "--tf32", "0",
                                    "--cases", args.profile], timeout=args.timeout)
             name = os.path.join(args.out, f"profile_{os.path.basename(compiled)}.json")
@@ -267,8 +346,16 @@ def main():
                 log(f"  run {prof['run_ms']:.1f} ms, {prof['kernels']} kernels, {prof['kernel_ms']:.1f} ms kernel time")
                 for op, v in list(prof["by_op"].items())[:12]:
                     log(f"    {op}: {v['nodes']} nodes, {v['ms']:.1f} ms")
+        if args.cuda_graph and form == "parallel":
+            log(f"{form}: static shapes {args.cuda_graph}, CUDA graph capture")
+            subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena,
+                            "--size", args.size, "--step", "cudagraph", "--model", compiled, "--runs",
+                            str(args.runs), "--cases", args.cuda_graph], timeout=args.timeout)
+            name = os.path.join(args.out, f"cudagraph_{os.path.basename(compiled)}.json")
+            if os.path.exists(name):
+                results["forms"][form]["cuda_graph"] = json.load(open(name))
         os.remove(compiled)
-    subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--size",
+    subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--size",
                     args.size, "--step", "torch", "--runs", str(args.runs), "--cases", *args.cases[:-1]],
                    check=True, timeout=args.timeout)
     with open(os.path.join(args.out, "torch.json")) as f:

@@ -162,3 +162,89 @@ fn one_compiled_model_explains_every_batch_size() {
         }
     }
 }
+
+/// With a symbolic length the relevance pass needs the runtime shapes of forward values (to
+/// undo pads, reshapes and trims). A `Shape` read placed in the relevance pass would keep its
+/// value alive until then, and ONNX Runtime's default order places it there: on the 130M model
+/// that kept about one [B, D, S, N] tensor per layer (rolled, 2048 tokens: 9.8 GB instead of
+/// 5.7 GB). So every shape the relevance pass reads of a state-sized forward value (a quarter
+/// of [B, D, S, N] or more: the scans' operands, chunks and levels) must be a read the forward
+/// pass itself makes.
+#[test]
+fn the_relevance_pass_reads_no_late_shape_of_a_state_sized_value() {
+    use std::collections::HashSet;
+    for (exporter, form) in EXPORTERS.into_iter().flat_map(|e| FORMS.map(|f| (e, f))) {
+        let options = Options {
+            dynamic_sequence: true,
+            dynamic_batch: true,
+            scan: form.0,
+            chunk_len: Some(form.1),
+            ..Options::default()
+        };
+        let compiled = compile(&load("small_untied", exporter), &options)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .model;
+        let graph = mambalrp::ir::Graph::from_model(&compiled).unwrap();
+        let numel = |value: &str| graph.value_type(value).map(|t| t.numel()).unwrap_or(0);
+        // The forward pass: every node the original output needs.
+        let original = compiled.graph.as_ref().unwrap().output[0].name();
+        let mut forward = HashSet::new();
+        let mut stack = vec![graph.producer(original).unwrap().0];
+        while let Some(index) = stack.pop() {
+            if forward.insert(index) {
+                let node = graph.node(index);
+                stack.extend(
+                    node.input
+                        .iter()
+                        .filter_map(|i| graph.producer(i))
+                        .map(|p| p.0),
+                );
+            }
+        }
+        // The state's size [B, D, S, N]: the largest rank-4 forward value (dA, dB*u).
+        let state = forward
+            .iter()
+            .map(|&i| graph.node(i))
+            .filter(|n| {
+                graph
+                    .value_type(&n.output[0])
+                    .is_ok_and(|t| t.shape.len() == 4)
+            })
+            .map(|n| numel(&n.output[0]))
+            .max()
+            .unwrap_or_else(|| {
+                let typed = forward
+                    .iter()
+                    .filter(|&&i| graph.value_type(&graph.node(i).output[0]).is_ok())
+                    .count();
+                panic!(
+                    "{exporter} {form:?}: no state-sized value ({typed} of {} forward values typed)",
+                    forward.len()
+                )
+            });
+        let late: Vec<String> = (0..graph.nodes().len())
+            .filter(|i| !forward.contains(i))
+            .map(|i| graph.node(i))
+            .filter(|n| n.op_type() == "Shape")
+            .filter(|n| {
+                graph
+                    .producer(&n.input[0])
+                    .is_some_and(|(p, _)| forward.contains(&p))
+                    && numel(&n.input[0]) * 4 >= state
+            })
+            .map(|n| {
+                format!(
+                    "{} reads {} ({} elements)",
+                    n.name(),
+                    n.input[0],
+                    numel(&n.input[0])
+                )
+            })
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{exporter} {form:?}: late shape reads of state-sized values (the state has {state}):\n{}",
+            late.join("\n")
+        );
+    }
+}
