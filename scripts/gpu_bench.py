@@ -21,6 +21,8 @@ What it does, in one process per step so that every figure is measured alone:
     CUDA kernels: the slow path), for the ratio.
 With `--cuda-graph BxS`, the parallel form is also run with its input fixed at that shape (I/O
 bound on the GPU), without and with ONNX Runtime's CUDA graph capture.
+`--step fp16 --forms FORM --cases ...` compiles the float16 export too and compares it with
+the float32 one: time per case and the relevance error.
 With `--profile BxS`, per form one more process runs that case with ONNX Runtime's profiler:
 kernel time and node count per op type and provider (CPU fallbacks show as `@CPU`).
 Writes DIR/gpu_bench.json and prints a Markdown table (README's GPU table).
@@ -57,14 +59,17 @@ def gpu_memory_mib():
         return None
 
 
-def export(out_dir, size):
+def export(out_dir, size, half=False):
     import torch
     import export_bench
 
     spec = export_bench.SIZES[size]
     model = export_bench.build_model(spec)
     ids = torch.randint(0, spec["vocab"], (1, 16), generator=torch.Generator().manual_seed(7))
-    path = os.path.join(out_dir, f"{spec['prefix']}_dyn.onnx")
+    if half:  # float16 weights and arithmetic, traced on the GPU (the CPU lacks some half kernels)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, ids = model.half().to(device), ids.to(device)
+    path = os.path.join(out_dir, f"{spec['prefix']}_dyn{'_fp16' if half else ''}.onnx")
     model.config.return_dict = False
     import transformers
     if int(transformers.__version__.split(".")[0]) >= 5:
@@ -198,6 +203,56 @@ def cuda_graph(path, batch, seq, runs, vocab):
     return rows
 
 
+def fp16_compare(compiler, out_dir, size, form, cases, runs, vocab):
+    """The float16 export compiled as `form`, against the float32 one: time per case and the
+    relevance error, max |R16 - R32| / max |R32| per sample (relevance outputs are float32), both
+    explaining the float32 model's argmax (whether the float16 argmax agrees is reported)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    compiled = {}
+    for half in (False, True):
+        model = export(out_dir, size, half)
+        out = os.path.join(out_dir, f"lrp_{form}_{'fp16' if half else 'fp32'}.onnx")
+        # One explained class for both (fed as lrp_target): the argmax may differ between them.
+        subprocess.run([compiler, model, "-o", out, "--scan", form, "--no-verify", "--dynamic-seq",
+                        "--dynamic-batch", "--target", "input"], check=True)
+        compiled[half] = ort.InferenceSession(out, providers=[("CUDAExecutionProvider", {"use_tf32": "0"}),
+                                                              "CPUExecutionProvider"])
+    rows = []
+    for batch, seq in cases:
+        ids = np.random.default_rng(seq + batch).integers(0, vocab, (batch, seq), dtype=np.int64)
+        row = dict(batch=batch, seq=seq)
+        argmax = {}
+        for half, sess in compiled.items():  # each model's own argmax at the last position
+            logits = sess.run(["logits"], {"input_ids": ids, "lrp_target": np.zeros(batch, np.int64)})[0]
+            argmax[half] = logits[:, -1].astype(np.float32).argmax(-1).astype(np.int64)
+        row["argmax_agrees"] = bool((argmax[False] == argmax[True]).all())
+        feed = {"input_ids": ids, "lrp_target": argmax[False]}
+        named = {}
+        for half, sess in compiled.items():
+            outputs = sess.run(None, feed)
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                outputs = sess.run(None, feed)
+                times.append(time.perf_counter() - t)
+            named[half] = dict(zip([o.name for o in sess.get_outputs()], outputs))
+            row[f"{'fp16' if half else 'fp32'}_median_s"] = statistics.median(times)
+        r32, r16 = named[False]["relevance"], named[True]["relevance"]
+        row["relevance_dtype"] = str(r16.dtype)
+        row["relative_error"] = float((np.abs(r16.astype(np.float64) - r32) .max(-1)
+                                       / np.abs(r32).max(-1)).max())
+        rows.append(row)
+        log(f"  {form} fp16 {batch}x{seq}: {row['fp16_median_s'] * 1e3:.1f} ms (fp32 "
+            f"{row['fp32_median_s'] * 1e3:.1f} ms), relevance {row['relevance_dtype']}, "
+            f"error vs fp32 {row['relative_error']:.1e} (the fp32 argmax explained in both; "
+            f"argmax {'agrees' if row['argmax_agrees'] else 'differs'})")
+    return dict(form=form, cases=rows)
+
+
 def run_cases(path, tf32, cases, runs, vocab):
     import numpy as np
     import onnxruntime as ort
@@ -264,7 +319,8 @@ def main():
     p.add_argument("--forms", nargs="+", default=["parallel", "rolled"])
     p.add_argument("--cases", nargs="+", default=["1x128", "1x512", "1x2048", "8x2048"])
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--step", choices=["all", "ort", "torch", "profile", "cudagraph"], default="all")
+    p.add_argument("--step", choices=["all", "ort", "torch", "profile", "cudagraph", "fp16"], default="all",
+                   help="fp16: only the float16 export against the float32 one (first of --forms)")
     p.add_argument("--cuda-graph", help="a case (BxS): the parallel form with its input fixed at that "
                    "shape, timed without and with ONNX Runtime's CUDA graph capture")
     p.add_argument("--profile", help="a case (BxS) to profile per form: kernel time per op and provider")
@@ -281,6 +337,10 @@ def main():
     import export_bench
 
     vocab = export_bench.SIZES[args.size]["vocab"]
+    if args.step == "fp16":
+        print(json.dumps(fp16_compare(args.compiler, args.out, args.size, args.forms[0], cases, args.runs,
+                                      vocab)), file=open(os.path.join(args.out, "fp16.json"), "w"))
+        return
     if args.step == "cudagraph":
         batch, seq = cases[0]
         print(json.dumps(cuda_graph(args.model, batch, seq, args.runs, vocab)), file=open(
