@@ -417,24 +417,54 @@ fn literal(graph: &Graph, value: &str) -> bool {
 
 fn slice_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let node = step.node;
-    let g = step.grad()?;
+    let mut g = step.grad()?;
     let shape = step.input_shape(graph, 0)?;
-    let mut before = vec![0; shape.len()];
-    let mut after = vec![0; shape.len()];
-    for (axis, start, end, step_size) in slice_spec(graph, node, step.attrs, &shape)? {
-        if step_size != 1 {
-            return Err(step.unsupported(" (Slice with a step other than 1)"));
-        }
-        before[axis] = start.max(0) as usize;
-        after[axis] = shape[axis].saturating_sub(end.max(start).max(0) as usize);
-    }
+    let spec = slice_spec(graph, node, step.attrs, &shape)?;
     let mut vjp = Vjp::default();
     // Bounds written in the graph give static pad amounts; bounds computed from shapes
     // (the compact scans' trim to the runtime length, the exporters' shape arithmetic)
     // get their amounts from the runtime shapes, which is right for symbolic axes too.
     if node.input.iter().skip(1).all(|v| literal(graph, v)) {
+        // The cotangent's shape as it is spread out, axis by axis.
+        let mut current = step.output_shape(graph)?;
+        let mut before = vec![0; shape.len()];
+        let mut after = vec![0; shape.len()];
+        for (axis, start, end, step_size) in spec {
+            let taken = slice_len(start, end, step_size);
+            if taken == 0 {
+                return Err(step.unsupported(" (Slice taking nothing)"));
+            }
+            // The lowest input index read, and the distance between those read.
+            let (lowest, stride) = if step_size < 0 {
+                // A flip (the backward direction of a bidirectional scan, say): the
+                // cotangent is flipped back, lowest index first.
+                g = reversed(graph, &g, axis);
+                (
+                    start + (taken as i64 - 1) * step_size,
+                    (-step_size) as usize,
+                )
+            } else {
+                (start, step_size as usize)
+            };
+            let occupied = (taken - 1) * stride + 1;
+            if stride > 1 {
+                g = spread(graph, &g, axis, stride, &current);
+                current[axis] = occupied;
+            }
+            before[axis] = lowest as usize;
+            after[axis] = shape[axis].saturating_sub(lowest as usize + occupied);
+        }
         vjp.full(0, graph.op_pad(&g, &before, &after));
         return Ok(vjp);
+    }
+    let mut before = vec![0; shape.len()];
+    let mut after = vec![0; shape.len()];
+    for (axis, start, end, step_size) in spec {
+        if step_size != 1 {
+            return Err(step.unsupported(" (Slice with a step other than 1 and computed bounds)"));
+        }
+        before[axis] = start.max(0) as usize;
+        after[axis] = shape[axis].saturating_sub(end.max(start).max(0) as usize);
     }
     let before = graph.const_i64(&before.iter().map(|&p| p as i64).collect::<Vec<_>>());
     let (whole, part) = (
@@ -446,6 +476,39 @@ fn slice_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let pads = graph.add_node("Concat", &[&before, &after], vec![make_int("axis", 0)]);
     vjp.full(0, graph.add_node("Pad", &[&g, &pads], vec![]));
     Ok(vjp)
+}
+
+/// `x` flipped along `axis`, whatever its length.
+fn reversed(graph: &mut Graph, x: &str, axis: usize) -> String {
+    let (starts, ends, axes, steps) = (
+        graph.const_i64(&[-1]),
+        graph.const_i64(&[i64::MIN]),
+        graph.const_i64(&[axis as i64]),
+        graph.const_i64(&[-1]),
+    );
+    graph.add_node("Slice", &[x, &starts, &ends, &axes, &steps], vec![])
+}
+
+/// `x` with `stride - 1` zeros after each element along `axis`, but the last: the element `i`
+/// lands at `i * stride`. (`shape`: `x`'s traced shape; the dims after `axis` are fixed.)
+fn spread(graph: &mut Graph, x: &str, axis: usize, stride: usize, shape: &[usize]) -> String {
+    let rank = shape.len();
+    let split = graph.op_unsqueeze(x, &[axis as i64 + 1]);
+    let mut after = vec![0; rank + 1];
+    after[axis + 1] = stride - 1;
+    let padded = graph.op_pad(&split, &vec![0; rank + 1], &after);
+    // Dims before the axis are copied (0), the axis merges with the zeros (-1), the rest fixed.
+    let target: Vec<i64> = (0..rank)
+        .map(|i| match i.cmp(&axis) {
+            std::cmp::Ordering::Less => 0,
+            std::cmp::Ordering::Equal => -1,
+            std::cmp::Ordering::Greater => shape[i] as i64,
+        })
+        .collect();
+    let target = graph.const_i64(&target);
+    let merged = graph.add_node("Reshape", &[&padded, &target], vec![]);
+    let occupied = (shape[axis] - 1) * stride + 1;
+    graph.op_slice_signed(&merged, axis, 0, occupied as i64)
 }
 
 fn pad_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
