@@ -243,7 +243,7 @@ def fp16_compare(compiler, out_dir, size, form, cases, runs, vocab):
             row[f"{'fp16' if half else 'fp32'}_median_s"] = statistics.median(times)
         r32, r16 = named[False]["relevance"], named[True]["relevance"]
         row["relevance_dtype"] = str(r16.dtype)
-        row["relative_error"] = float((np.abs(r16.astype(np.float64) - r32) .max(-1)
+        row["relative_error"] = float((np.abs(r16.astype(np.float64) - r32).max(-1)
                                        / np.abs(r32).max(-1)).max())
         rows.append(row)
         log(f"  {form} fp16 {batch}x{seq}: {row['fp16_median_s'] * 1e3:.1f} ms (fp32 "

@@ -33,7 +33,6 @@ fn numel(graph: &Graph, value: &str) -> Option<usize> {
 }
 
 /// How an input of a recomputation is obtained.
-#[derive(PartialEq)]
 enum Source {
     /// A constant, or not read at all.
     AsIs,

@@ -101,14 +101,8 @@ impl Graph {
         match (padded, rank) {
             (Some((inner, pads)), Ok(rank)) => {
                 let inner = self.op_shape_of(&inner);
-                let axis = self.const_i64(&[0]);
-                let (zero, middle, end) = (
-                    self.const_i64(&[0]),
-                    self.const_i64(&[rank]),
-                    self.const_i64(&[2 * rank]),
-                );
-                let begins = self.add_node("Slice", &[&pads, &zero, &middle, &axis], vec![]);
-                let ends = self.add_node("Slice", &[&pads, &middle, &end, &axis], vec![]);
+                let begins = self.op_slice_signed(&pads, 0, 0, rank);
+                let ends = self.op_slice_signed(&pads, 0, rank, 2 * rank);
                 let grown = self.op_binary("Add", &inner, &begins);
                 self.op_binary("Add", &grown, &ends)
             }

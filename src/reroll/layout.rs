@@ -85,8 +85,7 @@ pub(super) fn emit(
     let flat = graph.const_i64(&[0, 0, -1]);
     let mut y = graph.add_node("Reshape", &[&produced[scan::Y], &flat], vec![]);
     if let Some(seq) = &seq {
-        let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
-        y = graph.add_node("Slice", &[&y, &start, seq, &axis], vec![]);
+        y = first_steps(graph, &y, seq);
     }
     finish(graph, chain, y, dtype)
 }
@@ -117,12 +116,13 @@ pub(super) fn finish(graph: &mut Graph, chain: &Chain, mut y: String, dtype: DTy
 /// makes (see `Graph::merge_duplicate_shapes`).
 pub(super) fn runtime_length(graph: &mut Graph, value: &str) -> String {
     let shape = graph.add_node("Shape", &[value], vec![]);
-    let (start, end, axis) = (
-        graph.const_i64(&[2]),
-        graph.const_i64(&[3]),
-        graph.const_i64(&[0]),
-    );
-    graph.add_node("Slice", &[&shape, &start, &end, &axis], vec![])
+    graph.op_slice_signed(&shape, 0, 2, 3)
+}
+
+/// The first `end` (int64 `[1]`, computed at run time) steps of `value` along its time axis, 2.
+pub(super) fn first_steps(graph: &mut Graph, value: &str, end: &str) -> String {
+    let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
+    graph.add_node("Slice", &[value, &start, end, &axis], vec![])
 }
 
 /// How many steps pad the runtime length `seq` up to whole chunks of `len`.

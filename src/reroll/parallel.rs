@@ -121,7 +121,7 @@ pub(super) fn emit(graph: &mut Graph, chain: &Chain, len: usize, symbolic: bool)
     let y = graph.add_node("Reshape", &[&y, &flat], vec![]);
     // The relevance pass reads the products' shape (to spread y's cotangent over N): the
     // trim reads it too, so that the read happens in the forward pass (see `trim`).
-    let mut y = trim_within(graph, &y, &chunked, &products, len);
+    let mut y = trim(graph, &y, &chunked, (&products, len));
     if !is_zero_fill(graph, &chain.h0) {
         // h0 decays from the first step on: exp(cumsum(log a)) h0 (every exponent <= 0).
         let time = graph.scalar_i64(2);
@@ -162,58 +162,33 @@ struct Chunked {
 /// (`Graph::merge_duplicate_shapes`) instead of keeping `chunks` alive to read it late.
 fn flatten_chunks(graph: &mut Graph, chunks: &str, n: i64) -> String {
     let shape = graph.add_node("Shape", &[chunks], vec![]);
-    let (start, end, axis) = (
-        graph.const_i64(&[0]),
-        graph.const_i64(&[2]),
-        graph.const_i64(&[0]),
-    );
-    let lead = graph.add_node("Slice", &[&shape, &start, &end, &axis], vec![]);
+    let lead = graph.op_slice_signed(&shape, 0, 0, 2);
     let rest = graph.const_i64(&[-1, n]);
     let target = graph.add_node("Concat", &[&lead, &rest], vec![make_int("axis", 0)]);
     graph.add_node("Reshape", &[chunks, &target], vec![])
 }
 
 /// `value` `[B, D, K * L, ..]`, trimmed to the runtime length of `chunked` along axis 2. The
-/// end is written `min(length, padded length)` (the length): reading `value`'s shape here
-/// merges with the relevance pass's read of it (`Graph::merge_duplicate_shapes`), which would
-/// otherwise keep `value` alive until the relevance pass.
-fn trim(graph: &mut Graph, value: &str, chunked: &Chunked) -> String {
-    match &chunked.runtime {
-        Some(_) => {
-            let padded = layout::runtime_length(graph, value);
-            trim_to(graph, value, chunked, &padded)
-        }
-        None => value.to_string(),
-    }
-}
-
-/// [`trim`], with the padded length read off `chunks` `[B, D, K, L, ..]` (K * L, L = `len`).
-fn trim_within(
+/// end is written `min(length, K * L)` (the length), with K read off the shape of `chunks`
+/// `[B, D, K, ..]` and `per_chunk` = L (`value` itself, flat, with L = 1): reading that shape
+/// here merges with the relevance pass's read of it (`Graph::merge_duplicate_shapes`), which
+/// would otherwise keep `chunks` alive until the relevance pass.
+fn trim(
     graph: &mut Graph,
     value: &str,
     chunked: &Chunked,
-    chunks: &str,
-    len: usize,
+    (chunks, per_chunk): (&str, usize),
 ) -> String {
-    match &chunked.runtime {
-        Some(_) => {
-            let count = layout::runtime_length(graph, chunks);
-            let len = graph.const_i64(&[len as i64]);
-            let padded = graph.add_node("Mul", &[&count, &len], vec![]);
-            trim_to(graph, value, chunked, &padded)
-        }
-        None => value.to_string(),
-    }
-}
-
-/// `value` sliced along axis 2 to `min(runtime length, padded)` (the runtime length).
-fn trim_to(graph: &mut Graph, value: &str, chunked: &Chunked, padded: &str) -> String {
     let Some((seq, _)) = &chunked.runtime else {
         return value.to_string();
     };
-    let end = graph.add_node("Min", &[seq, padded], vec![]);
-    let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
-    graph.add_node("Slice", &[value, &start, &end, &axis], vec![])
+    let mut padded = layout::runtime_length(graph, chunks);
+    if per_chunk > 1 {
+        let per_chunk = graph.const_i64(&[per_chunk as i64]);
+        padded = graph.add_node("Mul", &[&padded, &per_chunk], vec![]);
+    }
+    let end = graph.add_node("Min", &[seq, &padded], vec![]);
+    layout::first_steps(graph, value, &end)
 }
 
 /// The states of `h_t = exp(log_decay_t) h_{t-1} + input_t` from a zero state, in chunks
@@ -271,14 +246,13 @@ fn solve(
         let spans = graph.add_node("Max", &[&spans, &form.floor], vec![]);
         let above = solve(graph, form, &spans, &ends, chunks, levels - 1);
         let after = flatten_chunks(graph, &above.states, n);
-        let after = trim(graph, &after, &above);
+        let after = trim(graph, &after, &above, (&after, 1));
         // The state entering chunk k is the one after chunk k - 1 (zero for the first): shifted
         // by one and cut to the length of `after`, read off its shape (which the relevance
         // pass reads too: the reads merge, so `after` is not kept for it).
         let shifted = graph.op_pad(&after, &[0, 0, 1, 0], &[0; 4]);
         let count = layout::runtime_length(graph, &after);
-        let (start, axis) = (graph.const_i64(&[0]), graph.const_i64(&[2]));
-        let entering = graph.add_node("Slice", &[&shifted, &start, &count, &axis], vec![]);
+        let entering = layout::first_steps(graph, &shifted, &count);
         let entering = graph.op_unsqueeze(&entering, &[3]);
         let from_start = graph.add_node("Exp", &[&cumulative], vec![]);
         let carried = graph.add_node("Mul", &[&from_start, &entering], vec![]);
