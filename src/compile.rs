@@ -2,12 +2,13 @@
 use std::collections::BTreeMap;
 
 use crate::autodiff::{self, Modifiers};
+use crate::emit::Source;
 use crate::emit::{self, metadata, TargetMode};
 use crate::error::{Error, Result};
 use crate::ir::{topo, DType, Edge, Graph};
 use crate::onnx::proto::ModelProto;
 use crate::reroll::{reroll, ScanForm};
-use crate::rules::{self, Effect, Matches, RuleSet, SiluRule};
+use crate::rules::{self, Effect, Matches, PatchRule, RuleSet, SiluRule};
 
 pub const MAX_IR_VERSION: i64 = 12;
 pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 13..=24;
@@ -17,6 +18,8 @@ pub struct Options {
     pub rules: RuleSet,
     /// The SiLU identity rule's multiplier: the official stabilized form or the exact sigmoid.
     pub silu_rule: SiluRule,
+    /// How relevance crosses an image model's patch embedding down to the pixels.
+    pub patch_rule: PatchRule,
     pub target: TargetMode,
     pub emit_embedding: bool,
     pub emit_layers: bool,
@@ -34,6 +37,7 @@ impl Default for Options {
         Options {
             rules: RuleSet::mambalrp(),
             silu_rule: SiluRule::default(),
+            patch_rule: PatchRule::default(),
             target: TargetMode::Argmax,
             emit_embedding: false,
             emit_layers: false,
@@ -50,7 +54,14 @@ pub struct CompileReport {
     pub tool_version: String,
     pub rules: String,
     pub silu_rule: SiluRule,
+    /// The patch-embedding rule, for an image model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_rule: Option<PatchRule>,
     pub target: TargetMode,
+    /// The explained row of the logits (`last position` or `class logits`).
+    pub explained_row: &'static str,
+    /// What relevance is read at: `tokens` or `image`.
+    pub source: &'static str,
     pub site_counts: BTreeMap<String, usize>,
     pub sites: Vec<String>,
     pub rejected_candidates: Vec<String>,
@@ -174,10 +185,10 @@ fn with_near_misses(error: Error, graph: &Graph, matches: &Matches) -> Error {
 }
 
 /// Finds the rule sites of a model without compiling it.
-pub fn find_matches(graph: &Graph) -> Result<(String, Matches)> {
-    let embeddings = emit::find_embeddings(graph)?;
-    let dependent = autodiff::input_dependent(graph, &embeddings)?;
-    Ok((embeddings, rules::match_all(graph, &dependent)))
+pub fn find_matches(graph: &Graph) -> Result<(Source, Matches)> {
+    let source = emit::find_source(graph)?;
+    let dependent = autodiff::input_dependent(graph, source.value())?;
+    Ok((source, rules::match_all(graph, &dependent)))
 }
 
 /// What the matchers see in `model` after canonicalisation: for `--explain-matches` when a
@@ -185,8 +196,8 @@ pub fn find_matches(graph: &Graph) -> Result<(String, Matches)> {
 pub fn explain(model: &ModelProto) -> Result<(crate::canon::Canonicalized, Matches)> {
     let mut graph = Graph::from_model(model)?;
     let canonicalized = crate::canon::canonicalize(&mut graph)?;
-    let dependent = match emit::find_embeddings(&graph) {
-        Ok(embeddings) => autodiff::input_dependent(&graph, &embeddings)?,
+    let dependent = match emit::find_source(&graph) {
+        Ok(source) => autodiff::input_dependent(&graph, source.value())?,
         Err(_) => graph
             .nodes()
             .iter()
@@ -254,7 +265,7 @@ pub struct Compilation {
     canonicalized: crate::canon::Canonicalized,
     rerolled_scans: usize,
     chunk_len: usize,
-    embeddings: String,
+    source: Source,
     matches: Matches,
     modifiers: Modifiers,
     explained: Option<emit::Explained>,
@@ -276,6 +287,8 @@ impl Compilation {
             emit::RELEVANCE_BIAS,
             emit::RELEVANCE_EMBEDDING,
             emit::RELEVANCE_LAYERS,
+            emit::RELEVANCE_TOKENS,
+            emit::RELEVANCE_PATCHES,
             emit::TARGET_INPUT,
         ] {
             if graph.producer(name).is_some() || graph.declares_input(name) {
@@ -285,9 +298,16 @@ impl Compilation {
             }
         }
         let mut options = options.clone();
+        let image = matches!(emit::find_source(&graph), Ok(Source::Image(_)));
+        if image && (options.dynamic_sequence || options.dynamic_batch) {
+            return Err(Error::Unsupported(
+                "--dynamic-seq/--dynamic-batch are for token sequences; an image model compiles at its traced batch size and image size".into(),
+            ));
+        }
         // An export with symbolic axes compiles to a model with them (the compact scan forms
-        // serve any length and batch; the unrolled form stays at the traced sizes).
-        if options.scan.is_compact() {
+        // serve any length and batch; the unrolled form stays at the traced sizes). An image
+        // model's stay at the traced sizes.
+        if options.scan.is_compact() && !image {
             for axis in graph.exported_axes() {
                 match axis.axis {
                     0 => options.dynamic_batch = true,
@@ -307,7 +327,7 @@ impl Compilation {
             canonicalized: Default::default(),
             rerolled_scans: 0,
             chunk_len,
-            embeddings: String::new(),
+            source: Source::Embeddings(String::new()),
             matches: Matches::default(),
             modifiers: Modifiers::default(),
             explained: None,
@@ -350,7 +370,7 @@ impl Compilation {
 
     /// Finds the embeddings and the rule sites, and turns the enabled sites into modifiers.
     fn match_rules(&mut self) -> Result<()> {
-        let (embeddings, matches) = find_matches(&self.graph)?;
+        let (source, matches) = find_matches(&self.graph)?;
         if matches.count(rules::Rule::Ssm) == 0 {
             return Err(Error::Unsupported(no_block_found(&matches)));
         }
@@ -372,9 +392,16 @@ impl Compilation {
                 }
             }
         }
-        let shape = self.graph.shape(&embeddings)?.to_vec();
+        if let (Source::Image(image), Some(gamma)) = (&source, self.options.patch_rule.gamma()) {
+            modifiers.gamma_convs.insert(image.patches.clone(), gamma);
+        }
+        let tokens = match &source {
+            Source::Embeddings(embeddings) => embeddings.clone(),
+            Source::Image(image) => image_tokens(&self.graph, image, &matches)?,
+        };
+        let shape = self.graph.shape(&tokens)?.to_vec();
         (self.batch, self.seq) = (shape[0], shape[1]);
-        self.embeddings = embeddings;
+        self.source = source;
         self.matches = matches;
         self.modifiers = modifiers;
         Ok(())
@@ -385,7 +412,7 @@ impl Compilation {
         let explained = emit::explain_target(&mut self.graph, self.options.target)?;
         let grads = autodiff::differentiate(
             &mut self.graph,
-            &self.embeddings,
+            self.source.value(),
             &explained.seeds,
             &self.modifiers,
         );
@@ -397,30 +424,70 @@ impl Compilation {
     /// Relevance per token (and per embedding and layer, if asked), the explained logit and the
     /// bias share, as graph outputs.
     fn emit_outputs(&mut self) -> Result<()> {
-        let (graph, embeddings) = (&mut self.graph, &self.embeddings);
+        let graph = &mut self.graph;
         let grads = self.grads.as_mut().expect("differentiate ran");
         let explained = self.explained.as_ref().expect("differentiate ran");
-        let embedding_grad = grads.cotangent(graph, embeddings)?.ok_or_else(|| {
-            Error::Unsupported(format!(
-                "output '{}' does not depend on the embeddings '{embeddings}'",
-                explained.logits_output
-            ))
-        })?;
+        let mut reached = |graph: &mut Graph, value: &str| {
+            grads.cotangent(graph, value)?.ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "output '{}' does not depend on '{value}'",
+                    explained.logits_output
+                ))
+            })
+        };
         let (batch, seq) = (self.batch, self.seq);
-        let shape = graph.shape(embeddings)?.to_vec();
-        let (relevance_embedding, relevance) = per_token(graph, embeddings, &embedding_grad);
+        let mut relevance_outputs = Vec::new();
+        let relevance_embedding;
+        match &self.source {
+            Source::Embeddings(embeddings) => {
+                let grad = reached(graph, embeddings)?;
+                let shape = graph.shape(embeddings)?.to_vec();
+                let (per_element, per_token) = per_token(graph, embeddings, &grad);
+                relevance_outputs.push((per_token, emit::RELEVANCE, vec![batch, seq]));
+                relevance_embedding = (per_element, shape);
+            }
+            Source::Image(image) => {
+                let grad = reached(graph, &image.pixels)?;
+                let shape = graph.shape(&image.pixels)?.to_vec();
+                let (x, g) = (
+                    graph.op_to_float32(&image.pixels),
+                    graph.op_to_float32(&grad),
+                );
+                let pixels = graph.op_binary("Mul", &x, &g);
+                relevance_outputs.push((pixels, emit::RELEVANCE, shape));
+                let tokens = image_tokens(graph, image, &self.matches)?;
+                let grad = reached(graph, &tokens)?;
+                let shape = graph.shape(&tokens)?.to_vec();
+                let (per_element, per_token) = per_token(graph, &tokens, &grad);
+                relevance_outputs.push((per_token, emit::RELEVANCE_TOKENS, vec![batch, seq]));
+                relevance_embedding = (per_element, shape);
+                let grad = reached(graph, &image.patches)?;
+                let grid = graph.shape(&image.patches)?.to_vec();
+                let (z, g) = (
+                    graph.op_to_float32(&image.patches),
+                    graph.op_to_float32(&grad),
+                );
+                let product = graph.op_binary("Mul", &z, &g);
+                let per_patch = graph.op_reduce_sum(&product, &[1], false);
+                let patches = grid[2..].iter().product::<usize>();
+                let flat = graph.op_reshape(&per_patch, &[batch, patches]);
+                relevance_outputs.push((flat, emit::RELEVANCE_PATCHES, vec![batch, patches]));
+            }
+        }
         let explained_logit = graph.op_to_float32(&explained.logit);
         let bias = match grads.bias_terms.as_slice() {
             [] => graph.op_zeros_like(&explained_logit),
             terms => graph.op_sum(terms),
         };
-        let mut outputs = vec![
-            (relevance, emit::RELEVANCE, vec![batch, seq]),
+        let mut outputs = relevance_outputs;
+        outputs.insert(
+            1,
             (explained_logit, emit::RELEVANCE_TARGET_LOGIT, vec![batch]),
-            (bias, emit::RELEVANCE_BIAS, vec![batch]),
-        ];
+        );
+        outputs.insert(2, (bias, emit::RELEVANCE_BIAS, vec![batch]));
         if self.options.emit_embedding {
-            outputs.push((relevance_embedding, emit::RELEVANCE_EMBEDDING, shape));
+            let (value, shape) = relevance_embedding;
+            outputs.push((value, emit::RELEVANCE_EMBEDDING, shape));
         }
         if self.options.emit_layers {
             if self.matches.norm_inputs.is_empty() {
@@ -464,9 +531,10 @@ impl Compilation {
                 )));
             }
             let graph = &mut self.graph;
-            let token_inputs: Vec<String> = match graph.producer(&self.embeddings) {
+            let embeddings = self.source.value();
+            let token_inputs: Vec<String> = match graph.producer(embeddings) {
                 Some((_, gather)) => vec![gather.input[1].clone()],
-                None => vec![self.embeddings.clone()],
+                None => vec![embeddings.to_string()],
             };
             if options.dynamic_sequence {
                 emit::make_sequence_symbolic(graph, self.seq, &token_inputs)?;
@@ -506,7 +574,14 @@ impl Compilation {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             rules: options.rules.to_string(),
             silu_rule: options.silu_rule,
+            patch_rule: self.source.is_image().then_some(options.patch_rule),
             target: options.target,
+            explained_row: self.explained.as_ref().map_or("", |e| e.row),
+            source: if self.source.is_image() {
+                "image"
+            } else {
+                "tokens"
+            },
             site_counts,
             sites,
             rejected_candidates: matches
@@ -539,12 +614,30 @@ impl Compilation {
             relevance_path_nodes: self.grads.as_ref().map_or(0, |g| g.path_nodes),
             opset: graph.opset,
             outputs: self.outputs.iter().map(|(_, n, _)| n.to_string()).collect(),
-            float_type: graph.dtype_of(&self.embeddings),
+            float_type: graph.dtype_of(self.source.value()),
             phase_seconds: vec![],
         };
         graph.into_model(&mut model);
         record_metadata(&mut model, &report, &options);
         Ok(Compiled { model, report })
+    }
+}
+
+/// The token sequence of an image model: the residual stream entering the first block (patch
+/// tokens with the class token and the position embeddings added), `[batch, tokens, hidden]`.
+fn image_tokens(graph: &Graph, image: &emit::ImageSource, matches: &Matches) -> Result<String> {
+    let batch = graph.shape(&image.pixels)?[0];
+    let tokens = matches.norm_inputs.first().ok_or_else(|| {
+        Error::Unsupported(format!(
+            "image model: no RMSNorm found after the patch embedding '{}', so the token sequence entering the first block is unknown",
+            image.patches
+        ))
+    })?;
+    match graph.shape(tokens)? {
+        [b, _, _] if *b == batch => Ok(tokens.clone()),
+        shape => Err(Error::Unsupported(format!(
+            "image model: the first block's input '{tokens}' has shape {shape:?}, not [batch {batch}, tokens, hidden]"
+        ))),
     }
 }
 
@@ -576,8 +669,9 @@ fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Opt
             (metadata::BLOCKS_KEY, report.blocks.to_string()),
             (
                 metadata::TARGET_KEY,
-                format!("{}, last position", report.target),
+                format!("{}, {}", report.target, report.explained_row),
             ),
+            (metadata::SOURCE_KEY, report.source.to_string()),
             (
                 metadata::FLOAT_TYPE_KEY,
                 crate::verify::float_type_name(report.float_type).to_string(),
@@ -589,6 +683,9 @@ fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Opt
             ),
         ],
     );
+    if let Some(rule) = report.patch_rule {
+        metadata::add_metadata(model, &[(metadata::PATCH_RULE_KEY, rule.to_string())]);
+    }
     let mut dynamic = Vec::new();
     if options.dynamic_batch {
         dynamic.push((

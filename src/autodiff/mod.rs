@@ -25,6 +25,9 @@ pub struct Modifiers {
     /// stabilized `silu(x) / st(x)` rather than the sigmoid (which their stopped edge already
     /// freezes).
     pub stabilized_silu: HashSet<String>,
+    /// Convs (by output) whose relevance follows the LRP-gamma rule with this gamma: the
+    /// patch embedding of an image model.
+    pub gamma_convs: HashMap<String, f32>,
     /// Reject any non-linear op or unruled product on the relevance path.
     pub prove_linear: bool,
 }
@@ -119,6 +122,7 @@ pub fn differentiate(
             out_grads: &out_grads,
             half: modifiers.half_nodes.contains(node_key(&node)),
             stabilized_silu: modifiers.stabilized_silu.contains(node_key(&node)),
+            gamma: modifiers.gamma_convs.get(node_key(&node)).copied(),
             batch,
             recomputed: &mut recomputed,
         };

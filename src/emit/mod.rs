@@ -9,7 +9,8 @@ mod target;
 pub use dynamic_axes::{make_batch_symbolic, make_sequence_symbolic};
 pub use outputs::{
     add_metadata, add_output, value_info, BLOCKS_KEY, RELEVANCE, RELEVANCE_BIAS,
-    RELEVANCE_EMBEDDING, RELEVANCE_LAYERS, RELEVANCE_TARGET_LOGIT, SILU_RULE_KEY,
+    RELEVANCE_EMBEDDING, RELEVANCE_LAYERS, RELEVANCE_PATCHES, RELEVANCE_TARGET_LOGIT,
+    RELEVANCE_TOKENS, SILU_RULE_KEY,
 };
-pub use source::find_embeddings;
+pub use source::{find_source, ImageSource, Source};
 pub use target::{explain_target, Explained, TargetMode, TARGET_INPUT};

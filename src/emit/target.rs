@@ -30,6 +30,9 @@ pub struct Explained {
     /// (value, cotangent) pairs that start the backward pass.
     pub seeds: Vec<(String, String)>,
     pub logits_output: String,
+    /// Which logits row is explained: "last position" of `[batch, seq, vocab]` logits, or
+    /// "class logits" of `[batch, classes]`.
+    pub row: &'static str,
 }
 
 /// Builds target selection on the model's first output (`[batch, seq, vocab]`: last position;
@@ -115,6 +118,11 @@ pub fn explain_target(graph: &mut Graph, mode: TargetMode) -> Result<Explained> 
         logit,
         seeds,
         logits_output: logits,
+        row: if positions.is_some() {
+            "last position"
+        } else {
+            "class logits"
+        },
     })
 }
 

@@ -15,6 +15,10 @@ pub const SILU_RULE_KEY: &str = "mambalrp.silu_rule";
 pub const BLOCKS_KEY: &str = "mambalrp.blocks";
 /// The explained target (`argmax` or `input`) and position.
 pub const TARGET_KEY: &str = "mambalrp.target";
+/// Image models: the patch-embedding rule (`gamma:G` or `zero`).
+pub const PATCH_RULE_KEY: &str = "mambalrp.patch_rule";
+/// What the model explains: `tokens` (token ids or embeddings) or `image`.
+pub const SOURCE_KEY: &str = "mambalrp.source";
 /// The float type the model computes in (`float32`, `float16`, ...).
 pub const FLOAT_TYPE_KEY: &str = "mambalrp.float_type";
 /// Every rule site, one per line.

@@ -52,7 +52,9 @@ pub(super) static OPS: &[OpDef] = &[
         .with_fold(fold_arithmetic)
         .recomputable(),
     OpDef::new("Pow", BINARY, infer_broadcast).with_vjp(Linearity::NonLinear, power_back),
-    OpDef::new("Where", Arity::new(3, 1), infer_where).with_vjp(Linearity::Linear, where_back),
+    OpDef::new("Where", Arity::new(3, 1), infer_where)
+        .with_vjp(Linearity::Linear, where_back)
+        .with_fold(fold_where),
     OpDef::new("Sigmoid", UNARY, same_as_input)
         .with_vjp(Linearity::NonLinear, sigmoid_back)
         .recomputable(),
@@ -80,7 +82,7 @@ pub(super) static OPS: &[OpDef] = &[
         .recomputable(),
     OpDef::new("Greater", BINARY, infer_comparison),
     OpDef::new("Less", BINARY, infer_comparison),
-    OpDef::new("Equal", BINARY, infer_comparison),
+    OpDef::new("Equal", BINARY, infer_comparison).with_fold(fold_equal),
     OpDef::new("GreaterOrEqual", BINARY, infer_comparison),
     OpDef::new("LessOrEqual", BINARY, infer_comparison),
     OpDef::new("And", BINARY, infer_comparison),
@@ -424,6 +426,66 @@ fn fold_identity(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Te
 
 fn fold_neg(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tensor>> {
     Ok(integer_operands(graph, node).map(|v| Tensor::I64(v[0].mapv(|x| -x))))
+}
+
+/// Integer operands of `node` known at compile time (none may be float).
+fn exact_integers(graph: &Graph, names: &[String]) -> Option<Vec<ArrayD<i64>>> {
+    names
+        .iter()
+        .map(|name| match graph.constant(name)? {
+            Tensor::I64(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `Equal` of integer shape values (the TorchScript exporter's `expand(B, -1, -1)` writes the
+/// -1 substitution with it).
+fn fold_equal(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tensor>> {
+    let Some(v) = exact_integers(graph, &node.input) else {
+        return Ok(None);
+    };
+    let [a, b] = &v[..] else { return Ok(None) };
+    let Some(shape) = broadcast(a.shape(), b.shape()) else {
+        return Ok(None);
+    };
+    let (Some(a), Some(b)) = (a.broadcast(IxDyn(&shape)), b.broadcast(IxDyn(&shape))) else {
+        return Ok(None);
+    };
+    let values: Vec<bool> = a.iter().zip(b.iter()).map(|(x, y)| x == y).collect();
+    Ok(ArrayD::from_shape_vec(IxDyn(&shape), values)
+        .ok()
+        .map(Tensor::Bool))
+}
+
+/// `Where` choosing between integer shape values by a constant condition.
+fn fold_where(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tensor>> {
+    let Some(Tensor::Bool(cond)) = graph.constant(&node.input[0]) else {
+        return Ok(None);
+    };
+    let Some(v) = exact_integers(graph, &node.input[1..]) else {
+        return Ok(None);
+    };
+    let [x, y] = &v[..] else { return Ok(None) };
+    let Some(shape) = broadcast(cond.shape(), x.shape()).and_then(|s| broadcast(&s, y.shape()))
+    else {
+        return Ok(None);
+    };
+    let (Some(c), Some(x), Some(y)) = (
+        cond.broadcast(IxDyn(&shape)),
+        x.broadcast(IxDyn(&shape)),
+        y.broadcast(IxDyn(&shape)),
+    ) else {
+        return Ok(None);
+    };
+    let values: Vec<i64> = c
+        .iter()
+        .zip(x.iter().zip(y.iter()))
+        .map(|(&c, (&x, &y))| if c { x } else { y })
+        .collect();
+    Ok(ArrayD::from_shape_vec(IxDyn(&shape), values)
+        .ok()
+        .map(Tensor::I64))
 }
 
 fn fold_arithmetic(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tensor>> {

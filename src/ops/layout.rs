@@ -4,8 +4,8 @@ use ndarray::{ArrayD, Axis, IxDyn};
 
 use super::attrs::{self, Attrs};
 use super::support::{
-    axes_operand, broadcast, input_type, integer_operands, normalize_axis, one, reshape_target,
-    reshaped_to_output, slice_len, slice_spec, split_sizes,
+    axes_operand, broadcast, input_type, integer_operands, normalize_axis, one, per_sample_dot,
+    reshape_target, reshaped_to_output, slice_len, slice_spec, split_sizes,
 };
 use super::{Arity, Linearity, OpDef, Step, Vjp};
 use crate::autodiff::Contribution;
@@ -372,15 +372,33 @@ fn concat_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let g = step.grad()?;
     let rank = step.output_shape(graph)?.len();
     let axis = normalize_axis(axis_of(step.attrs), rank, node)?;
+    let out_shape = step.output_shape(graph)?;
     let mut vjp = Vjp::default();
+    let mut terms = Vec::new();
     let mut offset = 0;
     for slot in 0..node.input.len() {
-        let len = step.input_shape(graph, slot)?[axis];
+        let shape = step.input_shape(graph, slot)?;
+        let len = shape[axis];
         if step.carries[slot] {
             vjp.full(slot, graph.op_slice(&g, axis, offset, offset + len));
+        } else if axis > 0 && len > 0 && graph.dtype_of(&node.input[slot]).is_float() {
+            // A piece the input does not reach (Vision Mamba's class token) is a constant
+            // additive term of the output: its relevance is bias.
+            let part = graph.op_slice(&g, axis, offset, offset + len);
+            let mut piece_shape = out_shape.clone();
+            piece_shape[axis] = len;
+            terms.push(per_sample_dot(
+                graph,
+                &part,
+                &node.input[slot],
+                &piece_shape,
+                step.batch,
+                node,
+            )?);
         }
         offset += len;
     }
+    vjp.bias = (!terms.is_empty()).then(|| graph.op_sum(&terms));
     Ok(vjp)
 }
 

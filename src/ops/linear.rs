@@ -225,6 +225,9 @@ fn conv_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     if step.carries.get(1).copied().unwrap_or(false) {
         return Err(step.unsupported(" (relevance through Conv weights)"));
     }
+    if let Some(gamma) = step.gamma {
+        return conv_gamma_back(graph, step, conv, gamma);
+    }
     let g = step.grad()?;
     let out_shape = step.output_shape(graph)?;
     let mut vjp = Vjp::default();
@@ -232,7 +235,7 @@ fn conv_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
         let x_shape = step.input_shape(graph, 0)?;
         vjp.full(
             0,
-            conv_input_gradient(graph, node, conv, &g, &x_shape, &out_shape)?,
+            conv_input_gradient(graph, node, conv, &g, &node.input[1], &x_shape, &out_shape)?,
         );
     }
     if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
@@ -246,12 +249,127 @@ fn conv_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     Ok(vjp)
 }
 
-/// Cotangent of a Conv input: the transposed convolution with the same weights.
+/// LRP-gamma through a Conv (the patch embedding of an image model), sign-aware as the
+/// official MambaLRP `ModifiedConv`: an output above 1e-6 spreads its relevance over the
+/// contributions of its sign, with positive weights (on positive inputs; negative weights on
+/// negative inputs) counted `1 + gamma` times, and an output below it the other way round. In
+/// autograd terms the output is `zp * sg(z / zp)`, with `zp` the sum of four modified
+/// convolutions; the forward value stays `z`. The modified biases absorb their share.
+fn conv_gamma_back(
+    graph: &mut Graph,
+    step: &mut Step,
+    conv: &ConvAttrs,
+    gamma: f32,
+) -> Result<Vjp> {
+    let node = step.node;
+    let g = step.grad()?;
+    let (x, z) = (node.input[0].clone(), node.output[0].clone());
+    let (x_shape, z_shape) = (step.input_shape(graph, 0)?, step.output_shape(graph)?);
+    // v + gamma * max(v, 0) and v + gamma * min(v, 0), for weights and biases alike.
+    let weighted = |graph: &mut Graph, v: &str| {
+        let positive = graph.op_unary("Relu", v);
+        let negative = graph.op_binary("Sub", v, &positive);
+        let gain = graph.scalar_like(gamma as f64, v);
+        let up = |graph: &mut Graph, part: &str| {
+            let extra = graph.op_binary("Mul", part, &gain);
+            graph.op_binary("Add", v, &extra)
+        };
+        (up(graph, &positive), up(graph, &negative))
+    };
+    let (w_pos, w_neg) = weighted(graph, &node.input[1]);
+    let bias = node.input.get(2).filter(|b| !b.is_empty()).cloned();
+    let (b_pos, b_neg) = match &bias {
+        Some(b) => {
+            let (p, n) = weighted(graph, b);
+            (Some(p), Some(n))
+        }
+        None => (None, None),
+    };
+    let x_pos = graph.op_unary("Relu", &x);
+    let x_neg = graph.op_binary("Sub", &x, &x_pos);
+    let convolve = |graph: &mut Graph, input: &str, w: &str, b: Option<&String>| {
+        let mut operands = vec![input, w];
+        if let Some(b) = b {
+            operands.push(b);
+        }
+        graph.add_node("Conv", &operands, node.attribute.clone())
+    };
+    let zp_pos = {
+        let a = convolve(graph, &x_pos, &w_pos, b_pos.as_ref());
+        let b = convolve(graph, &x_neg, &w_neg, None);
+        graph.op_binary("Add", &a, &b)
+    };
+    let zp_neg = {
+        let a = convolve(graph, &x_pos, &w_neg, b_neg.as_ref());
+        let b = convolve(graph, &x_neg, &w_pos, None);
+        graph.op_binary("Add", &a, &b)
+    };
+    let threshold = graph.scalar_like(1e-6, &z);
+    let mask = |graph: &mut Graph, op: &str| {
+        let m = graph.op_binary(op, &z, &threshold);
+        let to = graph.dtype_of(&z).onnx() as i64;
+        graph.add_node("Cast", &[&m], vec![make_int("to", to)])
+    };
+    let (above, below) = (mask(graph, "Greater"), mask(graph, "Less"));
+    let zp = {
+        let a = graph.op_binary("Mul", &zp_pos, &above);
+        let b = graph.op_binary("Mul", &zp_neg, &below);
+        graph.op_binary("Add", &a, &b)
+    };
+    // zp is 0 only where every contribution vanishes (or z is exactly the threshold): no
+    // relevance flows there, instead of a 0/0.
+    let zero = graph.scalar_like(0.0, &zp);
+    let one = graph.scalar_like(1.0, &zp);
+    let vanishes = graph.op_binary("Equal", &zp, &zero);
+    let safe = graph.add_node("Where", &[&vanishes, &one, &zp], vec![]);
+    let ratio = graph.op_binary("Div", &z, &safe);
+    let kept = graph.add_node("Where", &[&vanishes, &zero, &ratio], vec![]);
+    let s = graph.op_binary("Mul", &g, &kept);
+    let s_pos = graph.op_binary("Mul", &s, &above);
+    let s_neg = graph.op_binary("Mul", &s, &below);
+    let mut vjp = Vjp::default();
+    if step.carries[0] {
+        let back = |graph: &mut Graph, s: &str, w: &str| {
+            conv_input_gradient(graph, node, conv, s, w, &x_shape, &z_shape)
+        };
+        let on_positive = {
+            let a = back(graph, &s_pos, &w_pos)?;
+            let b = back(graph, &s_neg, &w_neg)?;
+            graph.op_binary("Add", &a, &b)
+        };
+        let on_negative = {
+            let a = back(graph, &s_pos, &w_neg)?;
+            let b = back(graph, &s_neg, &w_pos)?;
+            graph.op_binary("Add", &a, &b)
+        };
+        let zero_x = graph.scalar_like(0.0, &x);
+        let positive_x = graph.op_binary("Greater", &x, &zero_x);
+        vjp.full(
+            0,
+            graph.add_node("Where", &[&positive_x, &on_positive, &on_negative], vec![]),
+        );
+    }
+    if let (Some(b_pos), Some(b_neg)) = (b_pos, b_neg) {
+        let mut bshape = vec![1; z_shape.len()];
+        bshape[1] = z_shape[1];
+        let mut terms = vec![];
+        for (s, b) in [(&s_pos, &b_pos), (&s_neg, &b_neg)] {
+            let b = graph.op_reshape(b, &bshape);
+            terms.push(per_sample_dot(graph, s, &b, &z_shape, step.batch, node)?);
+        }
+        vjp.bias = Some(graph.op_sum(&terms));
+    }
+    Ok(vjp)
+}
+
+/// Cotangent of a Conv input: the transposed convolution with `weight` (the Conv's own, or
+/// a rule's modified copy of the same shape).
 fn conv_input_gradient(
     graph: &mut Graph,
     node: &NodeProto,
     conv: &ConvAttrs,
     g: &str,
+    weight: &str,
     x_shape: &[usize],
     y_shape: &[usize],
 ) -> Result<String> {
@@ -285,7 +403,7 @@ fn conv_input_gradient(
     if output_padding.iter().any(|&p| p > 0) {
         attrs.push(make_ints("output_padding", &output_padding));
     }
-    Ok(graph.add_node("ConvTranspose", &[g, &node.input[1]], attrs))
+    Ok(graph.add_node("ConvTranspose", &[g, weight], attrs))
 }
 
 /// The size of every subscript letter, checked to agree across operands.

@@ -256,6 +256,8 @@ pub struct Step<'a> {
     pub half: bool,
     /// This is a SiLU product under the stabilized identity rule.
     pub stabilized_silu: bool,
+    /// This Conv is an image's patch embedding under the LRP-gamma rule with this gamma.
+    pub gamma: Option<f32>,
     pub batch: usize,
     /// Large forward values already rebuilt for the backward pass (see `autodiff::remat`).
     pub recomputed: &'a mut HashMap<String, String>,

@@ -16,7 +16,8 @@ pub(super) static OPS: &[OpDef] = &[
         .with_parse(attrs::shape)
         .with_fold(fold_shape),
     OpDef::new("ConstantOfShape", Arity::new(1, 1), infer_constant_of_shape)
-        .with_parse(attrs::constant_of_shape),
+        .with_parse(attrs::constant_of_shape)
+        .with_fold(fold_constant_of_shape),
     OpDef::new("Range", Arity::new(3, 1), infer_range),
 ];
 
@@ -113,6 +114,30 @@ fn infer_constant_of_shape(
         .map(|&d| d.max(0) as usize)
         .collect();
     one(ValueType { dtype, shape })
+}
+
+/// An integer fill of a constant shape (shape arithmetic, as the TorchScript exporter writes
+/// `expand(B, -1, -1)`); float fills stay runtime values.
+fn fold_constant_of_shape(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tensor>> {
+    let Some(shape) = graph.constant(&node.input[0]) else {
+        return Ok(None);
+    };
+    let fill = match node.attribute.iter().find(|a| a.name() == "value") {
+        Some(attr) => match attr.t.as_ref().map(tensor_from_proto).transpose()? {
+            Some(Some(Tensor::I64(v))) => v.iter().next().copied(),
+            _ => None,
+        },
+        None => None,
+    };
+    let Some(fill) = fill else {
+        return Ok(None);
+    };
+    let dims: Vec<usize> = shape
+        .to_i64_vec()
+        .iter()
+        .map(|&d| d.max(0) as usize)
+        .collect();
+    Ok(Some(Tensor::I64(ArrayD::from_elem(IxDyn(&dims), fill))))
 }
 
 fn infer_range(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Vec<Option<ValueType>>> {

@@ -3,8 +3,10 @@
 //! site is a value describing the rewrite, applied by the relevance pass.
 mod gate;
 mod norm;
+mod patch;
+pub use patch::PatchRule;
 mod pattern;
-pub use pattern::skip_noops;
+pub use pattern::{consumers_through_noops, skip_noops};
 mod silu;
 mod ssm;
 

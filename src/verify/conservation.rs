@@ -31,7 +31,7 @@ pub fn conservation(outputs: &[(String, ArrayD<f32>)]) -> Result<Vec<SampleCheck
     let logit = output(outputs, RELEVANCE_TARGET_LOGIT)?;
     let bias = output(outputs, RELEVANCE_BIAS)?;
     let batch = logit.len();
-    if relevance.ndim() != 2 || relevance.shape()[0] != batch || bias.len() != batch {
+    if relevance.ndim() < 2 || relevance.shape()[0] != batch || bias.len() != batch {
         return Err(Error::Verify(format!(
             "relevance outputs disagree in shape: relevance {:?}, target logit {:?}, bias {:?}",
             relevance.shape(),

@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use anyhow::{bail, Context};
 use mambalrp::emit::TargetMode;
 use mambalrp::reroll::ScanForm;
-use mambalrp::rules::{RuleSet, SiluRule};
+use mambalrp::rules::{PatchRule, RuleSet, SiluRule};
 use mambalrp::verify::{
     self, FailedCheck, ModelSource, Runtime, RuntimeChoice, StagingFolder, VerifyReport,
 };
@@ -30,6 +30,10 @@ pub struct CompileArgs {
     /// multiplier) or exact (sigmoid(x)); they differ only where |x| < ~1e-5.
     #[arg(long, value_enum, default_value_t = SiluRule::Stabilized)]
     silu_rule: SiluRule,
+    /// Image models: how relevance crosses the patch embedding to the pixels: gamma:G
+    /// (LRP-gamma, the official MambaLRP code's gamma:0.25) or zero (the plain gradient).
+    #[arg(long, default_value = "gamma:0.25")]
+    patch_rule: PatchRule,
     /// Optional outputs: embedding (relevance_embedding), layers (relevance_layers).
     #[arg(long, value_delimiter = ',')]
     emit: Vec<Emit>,
@@ -316,6 +320,7 @@ fn compile_options(args: &CompileArgs) -> Options {
     Options {
         rules: args.rules.clone(),
         silu_rule: args.silu_rule,
+        patch_rule: args.patch_rule,
         target: args.target,
         emit_embedding: args.emit.contains(&Emit::Embedding),
         emit_layers: args.emit.contains(&Emit::Layers),
