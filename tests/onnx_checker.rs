@@ -111,6 +111,25 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
         mambalrp::onnx::save_model_atomically(&compiled, &path).unwrap();
         files.push(path);
     }
+    // Vision Mamba: both exporters, each patch rule, the rolled and unrolled forms.
+    for (exporter, scan, patch_rule) in [
+        ("", ScanForm::Rolled, "gamma:0.25"),
+        ("_dynamo", ScanForm::Rolled, "zero"),
+        ("", ScanForm::Unrolled, "gamma:0.25"),
+        ("_dynamo", ScanForm::Parallel, "gamma:0.25"),
+    ] {
+        let options = Options {
+            scan,
+            patch_rule: patch_rule.parse().unwrap(),
+            emit_embedding: true,
+            emit_layers: true,
+            ..Options::default()
+        };
+        let compiled = compile(&load("vim_tiny", exporter), &options).unwrap().model;
+        let path = dir.path().join(format!("vim_tiny{exporter}_{scan:?}.onnx"));
+        mambalrp::onnx::save_model_atomically(&compiled, &path).unwrap();
+        files.push(path);
+    }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_models.py");
     let result = Command::new(python()).arg(script).args(&files).output().unwrap_or_else(|e| {
         panic!("cannot run {} ({e}): run the README's test command (bash scripts/test.sh), which installs onnx", python().display())
