@@ -125,7 +125,9 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
             emit_layers: true,
             ..Options::default()
         };
-        let compiled = compile(&load("vim_tiny", exporter), &options).unwrap().model;
+        let compiled = compile(&load("vim_tiny", exporter), &options)
+            .unwrap()
+            .model;
         let path = dir.path().join(format!("vim_tiny{exporter}_{scan:?}.onnx"));
         mambalrp::onnx::save_model_atomically(&compiled, &path).unwrap();
         files.push(path);
