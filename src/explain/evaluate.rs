@@ -89,7 +89,7 @@ impl Runner {
 
 /// Positions sorted by relevance, descending (MoRF) or ascending (LeRF); ties keep position
 /// order.
-fn order(relevance: &[f32], most_relevant_first: bool) -> Vec<usize> {
+pub(super) fn order(relevance: &[f32], most_relevant_first: bool) -> Vec<usize> {
     let mut positions: Vec<usize> = (0..relevance.len()).collect();
     positions.sort_by(|&a, &b| {
         let (x, y) = (relevance[a], relevance[b]);
@@ -104,7 +104,7 @@ fn order(relevance: &[f32], most_relevant_first: bool) -> Vec<usize> {
 }
 
 /// A deterministic permutation of 0..n (xorshift, seeded).
-fn random_order(n: usize, seed: u64) -> Vec<usize> {
+pub(super) fn random_order(n: usize, seed: u64) -> Vec<usize> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut positions: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
@@ -143,13 +143,13 @@ fn mean(values: &[f32]) -> f32 {
 
 /// Accumulates per-input curves into mean curves and areas.
 #[derive(Default)]
-struct Accumulator {
-    morf: Vec<Vec<f32>>,
-    lerf: Vec<Vec<f32>>,
+pub(super) struct Accumulator {
+    pub(super) morf: Vec<Vec<f32>>,
+    pub(super) lerf: Vec<Vec<f32>>,
 }
 
 impl Accumulator {
-    fn score(&self, method: &str) -> MethodScore {
+    pub(super) fn score(&self, method: &str) -> MethodScore {
         let average = |curves: &[Vec<f32>]| -> Vec<f32> {
             let len = curves.first().map_or(0, Vec::len);
             (0..len)
@@ -233,11 +233,20 @@ pub fn evaluate(
 
 /// The table the command prints.
 pub fn table(evaluation: &Evaluation) -> String {
-    let mut text = format!(
-        "token flipping over {} input(s), flip token id {}:\n  {:<24} {:>10} {:>10} {:>10}\n",
-        evaluation.inputs, evaluation.flip_id, "method", "A_MoRF", "A_LeRF", "dA^F"
+    let heading = format!(
+        "token flipping over {} input(s), flip token id {}:",
+        evaluation.inputs, evaluation.flip_id
     );
-    for m in &evaluation.methods {
+    method_table(&heading, &evaluation.methods)
+}
+
+/// A heading, then each method's areas and ΔA^F.
+pub(super) fn method_table(heading: &str, methods: &[MethodScore]) -> String {
+    let mut text = format!(
+        "{heading}\n  {:<24} {:>10} {:>10} {:>10}\n",
+        "method", "A_MoRF", "A_LeRF", "dA^F"
+    );
+    for m in methods {
         text.push_str(&format!(
             "  {:<24} {:>10.4} {:>10.4} {:>10.4}\n",
             m.method, m.area_morf, m.area_lerf, m.delta_af
@@ -248,17 +257,27 @@ pub fn table(evaluation: &Evaluation) -> String {
 
 /// The mean MoRF and LeRF curves of every method as an SVG line chart.
 pub fn plot_svg(evaluation: &Evaluation, path: &Path) -> Result<()> {
+    plot_curves(
+        &evaluation.methods,
+        "Token flipping: explained logit",
+        "tokens flipped",
+        path,
+    )
+}
+
+/// Mean MoRF (solid) and LeRF (dashed) curves, one colour per method, as an SVG line chart.
+pub(super) fn plot_curves(
+    methods: &[MethodScore],
+    title: &str,
+    x_description: &str,
+    path: &Path,
+) -> Result<()> {
     use plotters::prelude::*;
     let failed = |e: &dyn std::fmt::Display| {
         Error::InvalidModel(format!("cannot draw {}: {e}", path.display()))
     };
-    let steps = evaluation
-        .methods
-        .first()
-        .map_or(1, |m| m.mean_morf.len())
-        .max(2);
-    let values = evaluation
-        .methods
+    let steps = methods.first().map_or(1, |m| m.mean_morf.len()).max(2);
+    let values = methods
         .iter()
         .flat_map(|m| m.mean_morf.iter().chain(&m.mean_lerf))
         .copied();
@@ -269,7 +288,7 @@ pub fn plot_svg(evaluation: &Evaluation, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| failed(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Token flipping: explained logit", ("sans-serif", 20))
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(48)
@@ -277,11 +296,11 @@ pub fn plot_svg(evaluation: &Evaluation, path: &Path) -> Result<()> {
         .map_err(|e| failed(&e))?;
     chart
         .configure_mesh()
-        .x_desc("tokens flipped")
+        .x_desc(x_description)
         .y_desc("logit")
         .draw()
         .map_err(|e| failed(&e))?;
-    for (i, m) in evaluation.methods.iter().enumerate() {
+    for (i, m) in methods.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         for (curve, name, dashed) in [(&m.mean_morf, "MoRF", false), (&m.mean_lerf, "LeRF", true)] {
             let points: Vec<(f32, f32)> = curve

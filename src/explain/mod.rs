@@ -1,9 +1,19 @@
 //! Explanations people can read: text in (through a Hugging Face `tokenizer.json`), the
 //! compiled model run once per text, and the relevance of every token out, as a terminal
-//! heatmap, a self-contained HTML page or JSON.
+//! heatmap, a self-contained HTML page or JSON; and images in (PNG), relevance out as a
+//! heatmap PNG, the patch grid and JSON.
 pub mod evaluate;
+mod heatmap;
+mod image_explain;
+mod image_model;
+pub mod patch_flipping;
+mod preprocess;
 mod render;
 
+pub use heatmap::{default_scale, overlay, write_png};
+pub use image_explain::{explain_images, image_terminal, read_labels, ImageExplanation};
+pub use image_model::{model_source, PatchGrid};
+pub use preprocess::{parse_triple, Preprocessing, Resize};
 pub use render::{html_page, terminal, ColorMode};
 
 use std::path::Path;

@@ -44,6 +44,22 @@ fn rgb(r: f32, scale: f32) -> (u8, u8, u8) {
     }
 }
 
+/// `text` on the background colour of relevance `r` (black text); unchanged in plain mode.
+pub(super) fn paint(text: &str, r: f32, scale: f32, mode: ColorMode) -> String {
+    let (red, green, blue) = rgb(r, scale);
+    match mode {
+        ColorMode::Plain => text.to_string(),
+        ColorMode::Truecolor => {
+            format!("\x1b[48;2;{red};{green};{blue}m\x1b[38;2;0;0;0m{text}\x1b[0m")
+        }
+        ColorMode::Palette256 => {
+            let level = |c: u8| (c as u16 * 5 / 255) as u8;
+            let index = 16 + 36 * level(red) + 6 * level(green) + level(blue);
+            format!("\x1b[48;5;{index}m\x1b[38;5;16m{text}\x1b[0m")
+        }
+    }
+}
+
 fn scale(e: &Explanation) -> f32 {
     e.relevance.iter().fold(0.0f32, |m, r| m.max(r.abs()))
 }
@@ -78,17 +94,9 @@ pub fn terminal(e: &Explanation, mode: ColorMode) -> String {
     let mut line = String::new();
     for ((gap, span), &r) in pieces(e).iter().zip(&e.relevance) {
         line.push_str(gap);
-        let (red, green, blue) = rgb(r, scale);
         match mode {
             ColorMode::Plain => line.push_str(&format!("{span}({r:+.3})")),
-            ColorMode::Truecolor => line.push_str(&format!(
-                "\x1b[48;2;{red};{green};{blue}m\x1b[38;2;0;0;0m{span}\x1b[0m"
-            )),
-            ColorMode::Palette256 => {
-                let level = |c: u8| (c as u16 * 5 / 255) as u8;
-                let index = 16 + 36 * level(red) + 6 * level(green) + level(blue);
-                line.push_str(&format!("\x1b[48;5;{index}m\x1b[38;5;16m{span}\x1b[0m"));
-            }
+            _ => line.push_str(&paint(span, r, scale, mode)),
         }
     }
     let share = if e.logit != 0.0 {

@@ -1,15 +1,17 @@
-//! `mambalrp-compile evaluate`: the token-flipping faithfulness test (ΔA^F) of compiled models.
-use std::path::PathBuf;
+//! `mambalrp-compile evaluate`: the token-flipping faithfulness test (ΔA^F) of compiled models,
+//! and its image form, patch flipping.
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use mambalrp::explain::evaluate;
 use mambalrp::explain::TextTokenizer;
+use mambalrp::explain::{evaluate, patch_flipping};
 
 use crate::Outcome;
 
 #[derive(clap::Args, Debug)]
 pub struct EvaluateArgs {
-    /// A model compiled by mambalrp-compile (from token ids; explaining its own prediction).
+    /// A model compiled by mambalrp-compile (from token ids or an image model; explaining its
+    /// own prediction).
     model: PathBuf,
     /// Evaluate this compiled model too, on the same inputs (e.g. one compiled with --rules gi).
     #[arg(long)]
@@ -27,6 +29,17 @@ pub struct EvaluateArgs {
     /// [PAD]).
     #[arg(long)]
     flip_id: Option<i64>,
+    /// A PNG image for patch flipping with an image model (repeatable).
+    #[arg(long = "image", conflicts_with_all = ["texts", "tokenizer", "inputs", "flip_id"])]
+    images: Vec<PathBuf>,
+    /// Every PNG in this directory (patch flipping with an image model).
+    #[arg(long = "images", conflicts_with_all = ["texts", "tokenizer", "inputs", "flip_id"])]
+    images_dir: Option<PathBuf>,
+    /// The value flipped patches take, in the normalised space (0: the mean colour).
+    #[arg(long, default_value_t = 0.0)]
+    flip_value: f32,
+    #[command(flatten)]
+    preprocessing: crate::explain::PreprocessingArgs,
     /// Seed of the random-order baseline.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -76,6 +89,9 @@ fn inputs(args: &EvaluateArgs, tokenizer: Option<&TextTokenizer>) -> anyhow::Res
 }
 
 pub fn run(args: &EvaluateArgs) -> anyhow::Result<Outcome> {
+    if !args.images.is_empty() || args.images_dir.is_some() {
+        return run_images(args);
+    }
     let tokenizer = args
         .tokenizer
         .as_deref()
@@ -91,10 +107,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<Outcome> {
         ),
     };
     let inputs = inputs(args, tokenizer.as_ref())?;
-    let mut models = vec![(method_name(&args.model), args.model.as_path())];
-    if let Some(other) = &args.compare {
-        models.push((method_name(other), other.as_path()));
-    }
+    let models = models(args);
     let evaluation = evaluate::evaluate(&models, &inputs, flip_id, args.seed)
         .with_context(|| format!("cannot evaluate {}", args.model.display()))?;
     print!("{}", evaluate::table(&evaluation));
@@ -103,6 +116,52 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<Outcome> {
     }
     if let Some(path) = &args.plot {
         evaluate::plot_svg(&evaluation, path)?;
+    }
+    Ok(Outcome::Passed)
+}
+
+/// The evaluated models: the model, then --compare's.
+fn models(args: &EvaluateArgs) -> Vec<(String, &Path)> {
+    let mut models = vec![(method_name(&args.model), args.model.as_path())];
+    if let Some(other) = &args.compare {
+        models.push((method_name(other), other.as_path()));
+    }
+    models
+}
+
+/// The --image files, then the PNGs of --images DIR (in name order).
+fn image_paths(args: &EvaluateArgs) -> anyhow::Result<Vec<PathBuf>> {
+    let mut paths = args.images.clone();
+    if let Some(dir) = &args.images_dir {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the image directory {}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+            .collect();
+        anyhow::ensure!(!found.is_empty(), "{} holds no .png images", dir.display());
+        found.sort();
+        paths.extend(found);
+    }
+    Ok(paths)
+}
+
+fn run_images(args: &EvaluateArgs) -> anyhow::Result<Outcome> {
+    let images = image_paths(args)?;
+    let preprocessing = args.preprocessing.preprocessing()?;
+    let evaluation = patch_flipping::evaluate_images(
+        &models(args),
+        &images,
+        &preprocessing,
+        args.flip_value,
+        args.seed,
+    )
+    .with_context(|| format!("cannot evaluate {}", args.model.display()))?;
+    print!("{}", patch_flipping::patch_table(&evaluation));
+    if let Some(path) = &args.json {
+        mambalrp::onnx::io::write_atomically(path, &serde_json::to_vec_pretty(&evaluation)?)?;
+    }
+    if let Some(path) = &args.plot {
+        patch_flipping::patch_plot_svg(&evaluation, path)?;
     }
     Ok(Outcome::Passed)
 }
