@@ -326,6 +326,18 @@ fn refuses_images_for_a_text_model_and_texts_for_an_image_model() {
     let printed = text(&result);
     assert_eq!(result.status.code(), Some(2), "{printed}");
     assert!(printed.contains("cannot be used with"), "{printed}");
+
+    let result = cli(&["evaluate", arg(&image_model), "--flip-id", "0"]);
+    let printed = text(&result);
+    assert_eq!(result.status.code(), Some(2), "{printed}");
+    assert!(
+        printed.contains("is an image model") && printed.contains("--images DIR"),
+        "{printed}"
+    );
+    let result = cli(&["evaluate", arg(&text_model), "--image", arg(&sample())]);
+    let printed = text(&result);
+    assert_eq!(result.status.code(), Some(2), "{printed}");
+    assert!(printed.contains("not images"), "{printed}");
 }
 
 #[test]

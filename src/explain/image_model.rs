@@ -214,7 +214,8 @@ pub struct PatchGrid {
 impl PatchGrid {
     pub fn new(patches: usize, height: usize, width: usize) -> Result<PatchGrid> {
         let rows = ((patches * height) as f64 / width as f64).sqrt().round() as usize;
-        let fits = rows > 0 && patches % rows == 0 && rows <= height && patches / rows <= width;
+        let fits =
+            rows > 0 && patches.is_multiple_of(rows) && rows <= height && patches / rows <= width;
         if !fits {
             return Err(Error::Unsupported(format!(
                 "{patches} patches do not tile a {height}x{width} image in a grid of square patches"

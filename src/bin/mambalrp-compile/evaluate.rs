@@ -92,6 +92,16 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<Outcome> {
     if !args.images.is_empty() || args.images_dir.is_some() {
         return run_images(args);
     }
+    let models = models(args);
+    for (_, path) in &models {
+        let model = mambalrp::onnx::load_model(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        anyhow::ensure!(
+            mambalrp::explain::model_source(&model) != "image",
+            "{} is an image model (metadata mambalrp.source = image): evaluate it with --image FILE.png or --images DIR",
+            path.display()
+        );
+    }
     let tokenizer = args
         .tokenizer
         .as_deref()
@@ -107,7 +117,6 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<Outcome> {
         ),
     };
     let inputs = inputs(args, tokenizer.as_ref())?;
-    let models = models(args);
     let evaluation = evaluate::evaluate(&models, &inputs, flip_id, args.seed)
         .with_context(|| format!("cannot evaluate {}", args.model.display()))?;
     print!("{}", evaluate::table(&evaluation));

@@ -158,6 +158,17 @@ fn run_images(args: &ExplainArgs) -> anyhow::Result<Outcome> {
         "--heatmap takes one --image; for {} images give --heatmap-dir DIR",
         args.images.len()
     );
+    if args.heatmap_dir.is_some() {
+        // Each heatmap is named after its image's stem: two alike would overwrite each other.
+        let mut stems: Vec<_> = args.images.iter().map(|p| p.file_stem()).collect();
+        stems.sort();
+        if let Some(pair) = stems.windows(2).find(|pair| pair[0] == pair[1]) {
+            anyhow::bail!(
+                "two images are named {:?}: their heatmaps in --heatmap-dir would overwrite each other",
+                pair[0].unwrap_or_default()
+            );
+        }
+    }
     let preprocessing = args.preprocessing.preprocessing()?;
     let labels = match &args.labels {
         Some(path) => explain::read_labels(path)?,
