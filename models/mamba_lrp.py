@@ -261,7 +261,8 @@ def relevance(model, input_ids: torch.Tensor, rules="mambalrp", target: torch.Te
     f = logits[batch, -1, target]
     grads = torch.autograd.grad(f.sum(), [E, *bias_leaves])
     R_E = (E * grads[0]).detach()
-    R_bias = torch.zeros(input_ids.shape[0], dtype=torch.float64 if E.dtype == torch.float64 else torch.float32)
+    R_bias = torch.zeros(input_ids.shape[0], dtype=torch.float64 if E.dtype == torch.float64 else torch.float32,
+                         device=E.device)
     for c, g in zip(bias_leaves, grads[1:]):
         R_bias = R_bias + (c * g).detach().to(R_bias.dtype).sum(dim=(1, 2))
     return {

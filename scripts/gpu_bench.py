@@ -203,6 +203,35 @@ def cuda_graph(path, batch, seq, runs, vocab):
     return rows
 
 
+def relative_error(ours, reference):
+    """max over samples of max |ours - reference| / max |reference| (per sample)."""
+    import numpy as np
+
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    return float((np.abs(ours - reference).max(-1) / np.abs(reference).max(-1)).max())
+
+
+def torch_relevance(size, ids, target):
+    """MambaLRP relevance of `target` in PyTorch on the GPU, float32 and float16 weights."""
+    import torch
+    import export_bench
+    import mamba_lrp
+
+    spec = export_bench.SIZES[size]
+    result = {}
+    for half in (False, True):
+        model = export_bench.build_model(spec).to("cuda")
+        if half:
+            model = model.half()
+        ids_t = torch.from_numpy(ids).to("cuda")
+        target_t = torch.from_numpy(target).to("cuda")
+        out = mamba_lrp.relevance(model, ids_t, target=target_t)
+        result[half] = out["relevance"].float().cpu().numpy()
+        del model
+        torch.cuda.empty_cache()
+    return result
+
+
 def fp16_compare(compiler, out_dir, size, form, cases, runs, vocab):
     """The float16 export compiled as `form`, against the float32 one: time per case and the
     relevance error, max |R16 - R32| / max |R32| per sample (relevance outputs are float32), both
@@ -243,8 +272,21 @@ def fp16_compare(compiler, out_dir, size, form, cases, runs, vocab):
             row[f"{'fp16' if half else 'fp32'}_median_s"] = statistics.median(times)
         r32, r16 = named[False]["relevance"], named[True]["relevance"]
         row["relevance_dtype"] = str(r16.dtype)
-        row["relative_error"] = float((np.abs(r16.astype(np.float64) - r32).max(-1)
-                                       / np.abs(r32).max(-1)).max())
+        row["relative_error"] = relative_error(r16, r32)
+        # The same comparison in PyTorch (models/mamba_lrp.py, the rules as detaches, same
+        # weights, ids and target): how far float16 arithmetic itself moves MambaLRP, and how
+        # far the compiled float16 model is from PyTorch's float16 MambaLRP.
+        try:
+            torch_rel = torch_relevance(size, ids, argmax[False])
+            row["torch_fp16_vs_fp32"] = relative_error(torch_rel[True], torch_rel[False])
+            row["compiled_fp16_vs_torch_fp16"] = relative_error(r16, torch_rel[True])
+            row["compiled_fp32_vs_torch_fp32"] = relative_error(r32, torch_rel[False])
+            log(f"  PyTorch MambaLRP fp16 vs fp32: {row['torch_fp16_vs_fp32']:.1e}; compiled fp16 vs "
+                f"PyTorch fp16: {row['compiled_fp16_vs_torch_fp16']:.1e}; compiled fp32 vs PyTorch fp32: "
+                f"{row['compiled_fp32_vs_torch_fp32']:.1e}")
+        except Exception as e:  # the ONNX Runtime figures stand without it
+            row["torch_error"] = str(e).splitlines()[0][:300]
+            log(f"  PyTorch comparison failed: {row['torch_error']}")
         rows.append(row)
         log(f"  {form} fp16 {batch}x{seq}: {row['fp16_median_s'] * 1e3:.1f} ms (fp32 "
             f"{row['fp32_median_s'] * 1e3:.1f} ms), relevance {row['relevance_dtype']}, "
