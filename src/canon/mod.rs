@@ -11,7 +11,6 @@
 mod activation;
 mod linear;
 mod norm;
-mod passthrough;
 
 use std::collections::BTreeMap;
 
@@ -28,11 +27,6 @@ pub struct Rewrite {
 
 /// Every rewrite, in the order they are tried on a node.
 pub const REWRITES: &[Rewrite] = &[
-    Rewrite {
-        name: "Identity -> its input",
-        op_type: "Identity",
-        apply: passthrough::identity,
-    },
     Rewrite {
         name: "Swish -> x * Sigmoid(x)",
         op_type: "Swish",
