@@ -323,7 +323,11 @@ fn the_compiled_model_records_the_vision_contract() {
     // Two blocks, each a forward and a backward direction, and three norms.
     let counts = &result.report.site_counts;
     for (rule, expected) in [("ssm", 4), ("gate", 4), ("silu", 8), ("norm", 3)] {
-        assert_eq!(counts.get(rule), Some(&expected), "{rule} sites: {counts:?}");
+        assert_eq!(
+            counts.get(rule),
+            Some(&expected),
+            "{rule} sites: {counts:?}"
+        );
     }
 }
 
