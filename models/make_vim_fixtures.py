@@ -2,12 +2,12 @@
 
 Regeneration command (from the repository root; needs models/.venv, see models/setup.sh):
 
-    OMP_NUM_THREADS=1 models/.venv/bin/python models/make_vim_fixtures.py
+    OMP_NUM_THREADS=1 nice -n 10 models/.venv/bin/python models/make_vim_fixtures.py
 
 It builds models/vim.py's ``TinyVim`` (defaults: 32x32x3 images, patch 8 -> 16 patches + a
 middle cls token = 17 tokens, d_model 48, d_inner 96, d_state 8, d_conv 4, dt_rank 3,
 2 bidirectional-v2 blocks, 10 classes, eps 1e-5, seed 2024, weights perturbed away from the
-structured init) in two variants:
+structured init) in three variants:
 
 * ``vim_tiny``: all biases and additive constants random;
 * ``vim_zerobias``: the same weights with the patch conv bias, every conv1d bias (both
@@ -24,8 +24,28 @@ structured init) in two variants:
   separate initializers, the Conv/Gemm keep 3 inputs. dynamo has no Identity nodes: it drops
   the zero biases from the 5 Conv and the Gemm (2 inputs each) and the 4 dt_proj bias Adds
   read one shared initializer ``layers.0.mixer.fwd.dt_proj.bias``; pos_embed's zero Add stays.
+* ``vim_dynbatch.onnx`` (TorchScript only, no npz of its own): vim_tiny exported with a
+  symbolic batch axis (``dynamic_axes``), checked in ONNX Runtime at batch 1 and 3; tests
+  compare it with vim_tiny.ref.npz sample by sample;
+* ``vim_official``: the vim_tiny weights, config and images with ``layout="official"``
+  (vim.py): the mixer written as the official MambaLRP code writes Vision Mamba (einsums,
+  ``(b l) d`` reshapes, ``b l d`` scan layout, backward flip on axis 1), not as the HF slow
+  path. Same function as vim_tiny (checked: logits and MambaLRP relevances equal in
+  float32, gradient x input within ~6e-7 relative), so its .ref.npz equals vim_tiny's up to
+  rounding; it is there to test that the compiler finds the Mamba structure in an export that
+  does not look like the HF slow path. Its exports: every direction has 20 ``Einsum`` nodes
+  (both exporters keep them): ``bld,dn->bldn`` (deltaA, before Exp), ``bld,bln->bldn``
+  (deltaB), ``bldn,bld->bldn`` (deltaB_u) and 17 ``bdn,bn->bd`` (C contraction per step,
+  instead of HF's MatMul + Unsqueeze/Gather); x_proj is followed by a Reshape to
+  ``[B*L, 19]``, dt / B / C Reshaped back to ``[B, L, .]``; the per-step selects are
+  ``Gather(axis=1, scalar)`` on deltaA (Exp), deltaB_u (Einsum) and C (TorchScript: on a
+  Cast, dynamo: on the Reshape); the backward branch's flip is on axis 1 of the gated
+  ``[B, L, d_inner]`` Mul, and out_proj is a MatMul on it (no Transpose). TorchScript 880
+  nodes (vim_tiny 1154), dynamo 634 (768); TorchScript folds A_log.float() ([96, 8]) and D
+  ([96]) into initializers, dynamo folds A = -exp(A_log) (``neg*`` [96, 8]).
 
-Other export facts (both variants): ``torch.flip`` is ``Slice(starts=[-1], ends=[INT64_MIN]
+Other export facts (vim_tiny and vim_zerobias; vim_official shares those of the flip of xz,
+the cls insert and the cls select): ``torch.flip`` is ``Slice(starts=[-1], ends=[INT64_MIN]
 (TorchScript: INT64_MIN + 1), axes=[-1], steps=[-1])``, on the in_proj Transpose output (xz)
 and on the backward branch's gated output (Mul); the cls insert is ``Concat(axis=1)`` of two
 Slices and the cls token expanded to [B,1,d] (TorchScript: ``Expand(cls_token, shape from a
@@ -74,7 +94,9 @@ static shapes, batch 2, input ``pixel_values`` [2,3,32,32] float32, output ``log
     ``relevance_pixels_png``, ``relevance_patches_png``, ``relevance_tokens_png``
     (gamma patch rule, stabilized SiLU rule).
 
-Checks printed: conservation, float32 vs float64 (``model.double()``) references,
+  vim_official.ref.npz has the same keys, computed with the official layout.
+
+Checks printed: (vim_official) logits and relevances vs the HF layout's, conservation, float32 vs float64 (``model.double()``) references,
 onnxruntime vs PyTorch logits (atol 1e-5), MambaLRP vs gradient x input, op histograms and
 the structure of the exports (flip, cls insert, cls select, Identity nodes), file sizes.
 Deterministic: single-threaded torch, fixed seeds, save_npz; the PNG is written by hand
@@ -85,6 +107,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import io
 import os
 import struct
@@ -264,6 +287,20 @@ def check_conservation(model, refs, zero_bias):
         assert gap_tok < 1e-5, "conservation (with leaves) broken"
 
 
+def check_same_function(refs, hf_refs):
+    """vim_official (layout "official") vs vim_tiny (layout "hf"): same weights, same
+    function; logits and relevances equal up to float32 rounding."""
+    d = float((refs["logits"] - hf_refs["logits"]).abs().max())
+    log(f"  official vs hf layout (same weights): logits max abs diff {d:.2e}; targets equal: "
+        f"{bool(torch.equal(refs['target'], hf_refs['target']))}")
+    assert d < 1e-5 and torch.equal(refs["target"], hf_refs["target"]), "layouts differ"
+    for rule in ("gamma", "zero", "exact", "gi"):
+        diffs = {k: rel_max_diff(refs[rule][k], hf_refs[rule][k])
+                 for k in ("relevance_pixels", "relevance_patches", "relevance_tokens", "target_logit")}
+        log(f"    [{rule}] rel max diff: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+        assert max(diffs.values()) < 1e-5, "layouts differ"
+
+
 def float64_check(model, image, refs):
     m64 = vim.TinyVim(model.cfg)
     m64.load_state_dict(model.state_dict())
@@ -302,6 +339,19 @@ def export(model, image, name):
                               output_names=["logits"])
     drop_stack_traces(dy_path, all_node_metadata=not DYNAMO_NODE_METADATA)
     return ts_path, dy_path
+
+
+def export_dynamic_batch(model, image):
+    """vim_tiny with a symbolic batch axis (TorchScript dynamic_axes): the export computes
+    the class token's expand and the reshapes from the runtime batch, so a compiled model can
+    take any batch (its references are vim_tiny.ref.npz's, sample by sample)."""
+    path = os.path.join(OUT, "vim_dynbatch.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (image,), path, dynamo=False, opset_version=17,
+                          input_names=["pixel_values"], output_names=["logits"],
+                          dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+    return path
 
 
 def ort_run(path, x: np.ndarray) -> np.ndarray:
@@ -446,13 +496,19 @@ def main():
         f"({os.path.getsize(png_path)} B), preprocessed range [{png_image.min().item():.3f}, "
         f"{png_image.max().item():.3f}]")
 
-    for name, zero_bias in (("vim_tiny", False), ("vim_zerobias", True)):
-        model = vim.TinyVim(cfg)
+    hf_refs = {}
+    for name, zero_bias, layout in (("vim_tiny", False, "hf"), ("vim_zerobias", True, "hf"),
+                                    ("vim_official", False, "official")):
+        model = vim.TinyVim(dataclasses.replace(cfg, layout=layout))
         if zero_bias:
             model.zero_biases()
-        log(f"== {name}")
+        log(f"== {name} (layout {layout!r})")
         refs = references(model, image)
         png_refs = references(model, png_image)
+        if layout == "hf" and not zero_bias:
+            hf_refs = refs
+        if layout != "hf":
+            check_same_function(refs, hf_refs)
         logits = refs["logits"]
         top2 = logits.topk(2, -1).values
         log(f"  logits {fmt(logits.flatten(), '.4f')}")
@@ -481,6 +537,13 @@ def main():
         save_npz(npz_path, **arrays)
 
         ts_path, dy_path = export(model, image, name)
+        if name == "vim_tiny":
+            dyn_path = export_dynamic_batch(model, image)
+            for rows in ([1], [1, 0, 1]):
+                d = float(np.abs(ort_run(dyn_path, image[rows].numpy()) - logits[rows].numpy()).max())
+                log(f"  {os.path.basename(dyn_path)} at batch {len(rows)}: ORT vs PyTorch logits {d:.2e}")
+                assert d < 1e-5, "ORT logits differ"
+            inspect(dyn_path, "ts")
         for path, kind in ((ts_path, "ts"), (dy_path, "dynamo")):
             ort = ort_run(path, image.numpy())
             d = float(np.abs(ort - logits.numpy()).max())

@@ -19,6 +19,25 @@ MambaLRP code explains):
   casts, so that an ONNX export shows the same node patterns as an HF Mamba export); then
   ``out_proj(((y_f + y_b.flip([-1])) / 2).transpose(1, 2))`` (Vim's ``if_devide_out``).
 
+Two mixer layouts, ``VimConfig.layout`` (same parameters, same state_dict keys, same function:
+the same weights give the same logits and relevances, equal in float32 on CPU; only plain
+gradient x input differs, by ~5e-7 relative, from the reordered backward sums):
+
+* ``"hf"`` (default; what vim_tiny / vim_zerobias export): the HF slow path above
+  (``Direction.forward``);
+* ``"official"`` (``Direction.forward_official``): the mixer written as the official MambaLRP
+  code writes Vision Mamba (mamba_lrp/model/vision_mamba.py: ``ModifiedMamba.forward``,
+  ``mamba_inner_fn_no_out_proj``, ``selective_scan_fn``), with ``torch.einsum`` for einops'
+  ``einsum`` and transpose / reshape for ``rearrange``: ``xz = in_proj(h)`` as ``b d l``;
+  ``x, z = xz.chunk(2, 1)``; ``z`` to ``b l d``; ``conv1d(x)[..., :L]`` to ``b l d``; act;
+  ``x_proj`` then reshaped ``(b l) d``; ``split`` into dt, B, C; ``dt`` back to ``b l r``,
+  ``softplus(dt_proj(dt))``; B, C to ``b l n``; ``deltaA = exp(einsum('bld,dn->bldn'))``,
+  ``deltaB = einsum('bld,bln->bldn')``, ``deltaB_u = einsum('bldn,bld->bldn')``; the loop
+  ``x = deltaA[:, i] * x + deltaB_u[:, i]; y_i = einsum('bdn,bn->bd', x, C[:, i])``;
+  ``stack(dim=1)``; ``+ u * D``; ``* act(z)``; directions give ``[B, L, d_inner]``;
+  ``out_proj((out + out_b.flip([1])) / 2)``. The rules sit in the same places (detach of
+  deltaA, deltaB, C; SiLU rule on the conv and gate branches; gate half rule; RMSNorm).
+
 Modes of ``TinyVim.forward(pixel_values, lrp=False, silu_rule="stabilized",
 patch_rule="plain", bias_leaves=None)``:
 
@@ -59,6 +78,7 @@ import mamba_lrp  # noqa: E402  (the SiLU rule: mamba_lrp._silu, same convention
 
 GAMMA = 0.25
 PATCH_RULES = ("plain", "zero", "gamma")
+LAYOUTS = ("hf", "official")
 
 
 @dataclass
@@ -75,6 +95,7 @@ class VimConfig:
     n_classes: int = 10
     eps: float = 1e-5
     seed: int = 2024
+    layout: str = "hf"  # mixer op layout: "hf" or "official" (same parameters, same function)
 
     @property
     def d_inner(self) -> int:
@@ -218,18 +239,80 @@ class Direction(nn.Module):
             scan_output = scan_output / 2 + (scan_output / 2).detach()
         return scan_output
 
+    def forward_official(self, xz: torch.Tensor, lrp: bool = False, silu_rule: str = "stabilized",
+                         bias_leaves: list | None = None) -> torch.Tensor:
+        """``xz`` [B, 2*d_inner, L] -> gated scan output [B, L, d_inner], written as the official
+        MambaLRP ``mamba_inner_fn_no_out_proj`` + ``selective_scan_fn``
+        (mamba_lrp/model/vision_mamba.py), with ``torch.einsum`` for einops' ``einsum`` and
+        transpose / reshape for ``rearrange``. Same parameters and function as ``forward``."""
+        batch_size, _, seqlen = xz.shape
+        x, z = xz.chunk(2, dim=1)
+        z = z.transpose(1, 2)  # rearrange 'b d l -> b l d'
+
+        conv = self.conv1d
+        if lrp and bias_leaves is not None:
+            x = F.conv1d(x, conv.weight, None, padding=conv.padding[0], groups=conv.groups)[..., :seqlen]
+            cb = conv.bias.detach()[None, :, None].expand(batch_size, -1, 1).clone()
+            cb.requires_grad_(True)
+            bias_leaves.append(cb)
+            x = x + cb
+        else:
+            x = conv(x)[..., :seqlen]
+        x = x.transpose(1, 2)  # rearrange 'b d l -> b l d'
+        x = self._act(x, lrp, silu_rule, bias_leaves)
+
+        x_dbl = self.x_proj(x).reshape(batch_size * seqlen, -1)  # 'b l d -> (b l) d'
+        dt, B, C = torch.split(x_dbl, [self.rank, self.n_state, self.n_state], dim=-1)
+        dt = dt.reshape(batch_size, seqlen, self.rank)  # '(b l) d -> b l d'
+        dt = F.softplus(self.dt_proj(dt))
+        B = B.reshape(batch_size, seqlen, self.n_state).contiguous()
+        C = C.reshape(batch_size, seqlen, self.n_state).contiguous()
+
+        A = -torch.exp(_f32(self.A_log))
+        # selective_scan_fn(u=x.float(), delta=dt.float(), A, B.float(), C.float(), D.float())
+        u, delta, B, C, D = _f32(x), _f32(dt), _f32(B), _f32(C), _f32(self.D)
+        deltaA = torch.exp(torch.einsum("bld,dn->bldn", delta, A))
+        deltaB = torch.einsum("bld,bln->bldn", delta, B)
+        if lrp:  # selection stop-gradient (params_to_detach = ['A', 'B', 'C'])
+            deltaA = deltaA.detach()
+            deltaB = deltaB.detach()
+            C = C.detach()
+        deltaB_u = torch.einsum("bldn,bld->bldn", deltaB, u)
+
+        state = torch.zeros((batch_size, self.d_inner, self.n_state), device=deltaA.device,
+                            dtype=deltaA.dtype)
+        ys = []
+        for i in range(seqlen):
+            state = deltaA[:, i] * state + deltaB_u[:, i]
+            ys.append(torch.einsum("bdn,bn->bd", state, C[:, i, :]))
+        y = torch.stack(ys, dim=1)
+        y = y + u * D
+
+        y = y * self._act(z, lrp, silu_rule, bias_leaves)
+        if lrp:  # gate half rule ('z' in params_to_detach)
+            y = y / 2 + (y / 2).detach()
+        return y
+
 
 class BiMixer(nn.Module):
     """Vim's bidirectional v2 Mamba mixer with ``if_devide_out=True``."""
 
     def __init__(self, cfg: VimConfig):
         super().__init__()
+        if cfg.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {cfg.layout!r}; choose from {LAYOUTS}")
+        self.layout = cfg.layout
         self.in_proj = nn.Linear(cfg.d_model, 2 * cfg.d_inner, bias=False)
         self.fwd = Direction(cfg)
         self.bwd = Direction(cfg)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
 
     def forward(self, hidden_states, lrp=False, silu_rule="stabilized", bias_leaves=None):
+        if self.layout == "official":  # ModifiedMamba.forward
+            xz = self.in_proj(hidden_states).transpose(1, 2)  # rearrange 'b l d -> b d l'
+            out = self.fwd.forward_official(xz, lrp, silu_rule, bias_leaves)
+            out_b = self.bwd.forward_official(xz.flip([-1]), lrp, silu_rule, bias_leaves)
+            return self.out_proj((out + out_b.flip([1])) / 2)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2*d_inner, L]
         y_f = self.fwd(xz, lrp, silu_rule, bias_leaves)
         y_b = self.bwd(xz.flip([-1]), lrp, silu_rule, bias_leaves)

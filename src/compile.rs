@@ -299,19 +299,26 @@ impl Compilation {
         }
         let mut options = options.clone();
         let image = matches!(emit::find_source(&graph), Ok(Source::Image(_)));
-        if image && (options.dynamic_sequence || options.dynamic_batch) {
+        if image && options.dynamic_sequence {
             return Err(Error::Unsupported(
-                "--dynamic-seq/--dynamic-batch are for token sequences; an image model compiles at its traced batch size and image size".into(),
+                "--dynamic-seq is for token sequences; an image model's token count follows from its image size, which stays the traced one".into(),
             ));
+        }
+        let exported_batch = graph.exported_axes().iter().any(|a| a.axis == 0);
+        if image && options.dynamic_batch && !exported_batch {
+            return Err(Error::Unsupported(format!(
+                "--dynamic-batch needs an image model exported with a symbolic batch axis (TorchScript                  dynamic_axes={{'{}': {{0: 'batch'}}}}, or dynamo dynamic_shapes): this export computes                  with its traced batch size written into the graph (the class token's expand, the reshapes)",
+                graph.graph_input_names().first().cloned().unwrap_or_default()
+            )));
         }
         // An export with symbolic axes compiles to a model with them (the compact scan forms
         // serve any length and batch; the unrolled form stays at the traced sizes). An image
-        // model's stay at the traced sizes.
-        if options.scan.is_compact() && !image {
+        // model's axis 1 is its channels: only a symbolic batch carries over.
+        if options.scan.is_compact() {
             for axis in graph.exported_axes() {
                 match axis.axis {
                     0 => options.dynamic_batch = true,
-                    1 => options.dynamic_sequence = true,
+                    1 if !image => options.dynamic_sequence = true,
                     _ => {}
                 }
             }
@@ -470,7 +477,12 @@ impl Compilation {
                 let product = graph.op_binary("Mul", &z, &g);
                 let per_patch = graph.op_reduce_sum(&product, &[1], false);
                 let patches = grid[2..].iter().product::<usize>();
-                let flat = graph.op_reshape(&per_patch, &[batch, patches]);
+                // Flatten keeps the batch a runtime size (for --dynamic-batch).
+                let flat = graph.add_node(
+                    "Flatten",
+                    &[&per_patch],
+                    vec![crate::onnx::attributes::make_int("axis", 1)],
+                );
                 relevance_outputs.push((flat, emit::RELEVANCE_PATCHES, vec![batch, patches]));
             }
         }

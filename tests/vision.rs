@@ -11,7 +11,9 @@ use mambalrp::verify::{conservation, run_ort};
 use mambalrp::{compile, Options};
 use ndarray::{ArrayD, Axis};
 
-const FIXTURES: [&str; 2] = ["vim_tiny", "vim_zerobias"];
+/// vim_official: vim_tiny's weights written as the official MambaLRP code writes Vim (einsum
+/// discretisation and readout, time-second layout): an export unlike the HF slow path.
+const FIXTURES: [&str; 3] = ["vim_tiny", "vim_zerobias", "vim_official"];
 const RELEVANCE_TOLERANCE: f32 = 1e-5; // relative to max |R|
 const CONSERVATION_TOLERANCE: f32 = 1e-5; // relative to the explained logit
 const LOGITS_TOLERANCE: f32 = 1e-6; // relative to max(|logits|, 1)
@@ -180,6 +182,10 @@ tract_cases! {
     vim_zerobias_dynamo_unrolled: "vim_zerobias", "_dynamo", ScanForm::Unrolled;
     vim_tiny_chunked: "vim_tiny", "", ScanForm::Chunked;
     vim_tiny_dynamo_parallel: "vim_tiny", "_dynamo", ScanForm::Parallel;
+    vim_official_rolled: "vim_official", "", ScanForm::Rolled;
+    vim_official_dynamo_rolled: "vim_official", "_dynamo", ScanForm::Rolled;
+    vim_official_unrolled: "vim_official", "", ScanForm::Unrolled;
+    vim_official_dynamo_chunked: "vim_official", "_dynamo", ScanForm::Chunked;
 }
 
 /// ONNX Runtime (CPU): every fixture and exporter, the default form, and both runtimes agree.
@@ -355,18 +361,64 @@ fn a_vim_block_with_a_broken_gate_is_named_with_the_near_miss() {
     assert!(error.contains("a SiLU is x * Sigmoid(x)"), "{error}");
 }
 
+/// A static export bakes its batch size into the graph: `--dynamic-batch` is refused with the
+/// way out, and `--dynamic-seq` never applies to an image.
 #[test]
-fn dynamic_axes_are_refused_for_an_image_model_with_a_reason() {
+fn dynamic_axes_of_a_static_image_export_are_refused_with_a_reason() {
     let model = load("vim_tiny", "");
-    let options = Options {
-        dynamic_batch: true,
-        ..Options::default()
-    };
-    let error = compile(&model, &options)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(error.contains("image model"), "{error}");
+    for (dynamic_batch, dynamic_sequence, expected) in [
+        (true, false, "symbolic batch axis"),
+        (false, true, "token sequences"),
+    ] {
+        let options = Options {
+            dynamic_batch,
+            dynamic_sequence,
+            ..Options::default()
+        };
+        let error = compile(&model, &options)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+}
+
+/// An export with a symbolic batch axis compiles (default options) to a model with one: at
+/// batch 1 and 3 every sample's relevances match vim_tiny's PyTorch reference, in ONNX Runtime
+/// and tract.
+#[test]
+fn a_dynamic_batch_export_explains_any_batch() {
+    let model = load("vim_dynbatch", "");
+    let reference = Reference::load("vim_tiny");
+    let compiled = compile(&model, &Options::default()).unwrap().model;
+    let pick = |name: &str, rows: &[usize]| reference.f32(name).select(Axis(0), rows);
+    for rows in [vec![1usize], vec![1, 0, 1]] {
+        let inputs = vec![(
+            "pixel_values".to_string(),
+            mambalrp::onnx::Tensor::F32(pick("image", &rows)),
+        )];
+        let in_ort = run_ort(&compiled, &inputs)
+            .unwrap_or_else(|e| panic!("ONNX Runtime is needed for this test: {e}"));
+        for (runtime, outputs) in [("ORT", in_ort), ("tract", run(&compiled, &inputs))] {
+            let label = format!("vim_dynbatch batch {} {runtime}", rows.len());
+            for (ours, theirs) in [
+                ("relevance", "relevance_pixels"),
+                ("relevance_tokens", "relevance_tokens"),
+                ("relevance_patches", "relevance_patches"),
+                ("logits", "logits"),
+            ] {
+                let err = relative(output(&outputs, ours), &pick(theirs, &rows));
+                println!("{label} {ours}: {err:.2e}");
+                assert!(err <= RELEVANCE_TOLERANCE, "{label}: {ours} off by {err:.2e}");
+            }
+            for sample in conservation(&outputs).unwrap() {
+                assert!(
+                    sample.relative_residual <= CONSERVATION_TOLERANCE,
+                    "{label}: {sample:?}"
+                );
+            }
+        }
+    }
 }
 
 /// The command line, as a user runs it: default options compile and verify (conservation in

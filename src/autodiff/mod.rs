@@ -167,13 +167,7 @@ impl Gradients {
         }
         let shape = graph.shape(value)?.to_vec();
         for (axis, by_index) in pieces {
-            full.push(assemble_pieces(
-                graph,
-                graph.dtype_of(value),
-                &shape,
-                axis,
-                by_index,
-            )?);
+            full.push(assemble_pieces(graph, value, &shape, axis, by_index)?);
         }
         let total = graph.op_sum(&full);
         self.cotangents.insert(value.to_string(), total.clone());
@@ -181,11 +175,12 @@ impl Gradients {
     }
 }
 
-/// Stacks per-index slice gradients back into a gradient of the whole value, filling the indices
-/// nobody read with zeros: one Concat instead of one padded tensor per time step.
+/// Stacks per-index slice gradients back into a gradient of `value`, filling the indices
+/// nobody read with zeros: one Concat instead of one padded tensor per time step. The zeros
+/// take their shape from slices of `value` at run time, so no batch size is baked in.
 fn assemble_pieces(
     graph: &mut Graph,
-    dtype: crate::ir::DType,
+    value: &str,
     shape: &[usize],
     axis: usize,
     by_index: BTreeMap<usize, Vec<String>>,
@@ -195,10 +190,22 @@ fn assemble_pieces(
         .ok_or_else(|| Error::InvalidModel(format!("axis {axis} beyond rank {}", shape.len())))?;
     let mut parts = Vec::new();
     let mut next = 0;
-    let zero_run = |graph: &mut Graph, len: usize| {
-        let mut s = shape.to_vec();
-        s[axis] = len;
-        graph.op_zeros(&s, dtype)
+    let rank = shape.len();
+    let dtype = graph.dtype_of(value);
+    let zero_run = |graph: &mut Graph, start: usize, end: usize| {
+        // value's runtime shape with `end - start` at `axis`.
+        let full = graph.op_shape_of(value);
+        let mut dims = Vec::new();
+        if axis > 0 {
+            dims.push(graph.op_slice(&full, 0, 0, axis));
+        }
+        dims.push(graph.const_i64(&[(end - start) as i64]));
+        if axis + 1 < rank {
+            dims.push(graph.op_slice(&full, 0, axis + 1, rank));
+        }
+        let dims = graph.op_concat(&dims, 0);
+        let zero = graph.scalar_float(0.0, dtype);
+        graph.add_node("Expand", &[&zero, &dims], vec![])
     };
     for (index, values) in by_index {
         if index >= dim {
@@ -207,14 +214,14 @@ fn assemble_pieces(
             )));
         }
         if index > next {
-            parts.push(zero_run(graph, index - next));
+            parts.push(zero_run(graph, next, index));
         }
         let slice = graph.op_sum(&values);
         parts.push(graph.op_unsqueeze(&slice, &[axis as i64]));
         next = index + 1;
     }
     if next < dim {
-        parts.push(zero_run(graph, dim - next));
+        parts.push(zero_run(graph, next, dim));
     }
     Ok(graph.op_concat(&parts, axis))
 }
