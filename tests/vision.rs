@@ -409,7 +409,10 @@ fn a_dynamic_batch_export_explains_any_batch() {
             ] {
                 let err = relative(output(&outputs, ours), &pick(theirs, &rows));
                 println!("{label} {ours}: {err:.2e}");
-                assert!(err <= RELEVANCE_TOLERANCE, "{label}: {ours} off by {err:.2e}");
+                assert!(
+                    err <= RELEVANCE_TOLERANCE,
+                    "{label}: {ours} off by {err:.2e}"
+                );
             }
             for sample in conservation(&outputs).unwrap() {
                 assert!(
