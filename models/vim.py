@@ -465,7 +465,7 @@ def explain(model: TinyVim, pixel_values: torch.Tensor, target: torch.Tensor | N
     logits = model.forward_tokens(tokens, lrp, silu_rule, leaves)
     f = logits[torch.arange(image.shape[0]), target]
     grads = torch.autograd.grad(f.sum(), [image, patches, tokens, *(leaves or [])])
-    r_leaves = torch.zeros(image.shape[0], dtype=image.dtype)
+    r_leaves = torch.zeros(image.shape[0], dtype=image.dtype, device=image.device)
     for leaf, gl in zip(leaves or [], grads[3:]):
         r_leaves = r_leaves + (leaf * gl).detach().sum(dim=(1, 2))
     return {
