@@ -122,7 +122,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import vim  # noqa: E402
-from make_fixtures import drop_stack_traces, save_npz  # noqa: E402
+from make_fixtures import _const_value as _const, drop_stack_traces, save_npz  # noqa: E402
 
 OUT = os.path.join(HERE, "fixtures")
 BATCH = 2
@@ -362,20 +362,6 @@ def ort_run(path, x: np.ndarray) -> np.ndarray:
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     return sess.run(["logits"], {"pixel_values": x})[0]
-
-
-def _const(m, name, producers):
-    import onnx.numpy_helper as nh
-
-    for init in m.graph.initializer:
-        if init.name == name:
-            return nh.to_array(init)
-    p = producers.get(name)
-    if p is not None and p.op_type == "Constant":
-        for a in p.attribute:
-            if a.name == "value":
-                return nh.to_array(a.t)
-    return None
 
 
 def _attr(node, key, default=None):

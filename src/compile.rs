@@ -307,7 +307,9 @@ impl Compilation {
         let exported_batch = graph.exported_axes().iter().any(|a| a.axis == 0);
         if image && options.dynamic_batch && !exported_batch {
             return Err(Error::Unsupported(format!(
-                "--dynamic-batch needs an image model exported with a symbolic batch axis (TorchScript                  dynamic_axes={{'{}': {{0: 'batch'}}}}, or dynamo dynamic_shapes): this export computes                  with its traced batch size written into the graph (the class token's expand, the reshapes)",
+                "--dynamic-batch needs an image model exported with a symbolic batch axis (TorchScript \
+                 dynamic_axes={{'{}': {{0: 'batch'}}}}, or dynamo dynamic_shapes): this export computes \
+                 with its traced batch size written into the graph (the class token's expand, the reshapes)",
                 graph.graph_input_names().first().cloned().unwrap_or_default()
             )));
         }

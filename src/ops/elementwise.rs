@@ -428,7 +428,8 @@ fn fold_neg(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tensor>
     Ok(integer_operands(graph, node).map(|v| Tensor::I64(v[0].mapv(|x| -x))))
 }
 
-/// Integer operands of `node` known at compile time (none may be float).
+/// Int64 values of `names` known at compile time (unlike `integer_operands`, a float or
+/// boolean constant is not one).
 fn exact_integers(graph: &Graph, names: &[String]) -> Option<Vec<ArrayD<i64>>> {
     names
         .iter()
@@ -458,15 +459,14 @@ fn fold_equal(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tenso
         .map(Tensor::Bool))
 }
 
-/// `Where` choosing between integer shape values by a constant condition.
+/// `Where` choosing between integer shape values by a constant condition (0 or 1 here).
 fn fold_where(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tensor>> {
-    let Some(Tensor::Bool(cond)) = graph.constant(&node.input[0]) else {
+    let Some(v) = integer_operands(graph, node) else {
         return Ok(None);
     };
-    let Some(v) = exact_integers(graph, &node.input[1..]) else {
+    let [cond, x, y] = &v[..] else {
         return Ok(None);
     };
-    let [x, y] = &v[..] else { return Ok(None) };
     let Some(shape) = broadcast(cond.shape(), x.shape()).and_then(|s| broadcast(&s, y.shape()))
     else {
         return Ok(None);
@@ -481,7 +481,7 @@ fn fold_where(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tenso
     let values: Vec<i64> = c
         .iter()
         .zip(x.iter().zip(y.iter()))
-        .map(|(&c, (&x, &y))| if c { x } else { y })
+        .map(|(&c, (&x, &y))| if c != 0 { x } else { y })
         .collect();
     Ok(ArrayD::from_shape_vec(IxDyn(&shape), values)
         .ok()
