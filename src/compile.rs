@@ -30,6 +30,8 @@ pub struct Options {
     pub dynamic_sequence: bool,
     /// Emit a symbolic batch axis (needs a rolled or chunked scan).
     pub dynamic_batch: bool,
+    /// Run the batch this many samples at a time (one outer `Scan`; implies a symbolic batch).
+    pub micro_batch: Option<usize>,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             chunk_len: None,
             dynamic_sequence: false,
             dynamic_batch: false,
+            micro_batch: None,
         }
     }
 }
@@ -304,10 +307,23 @@ impl Compilation {
                 "--dynamic-seq is for token sequences; an image model's token count follows from its image size, which stays the traced one".into(),
             ));
         }
+        if options.micro_batch.is_some() {
+            if !options.scan.is_compact() {
+                return Err(Error::Unsupported(
+                    "--micro-batch needs a symbolic batch axis, which the unrolled form does not have (use --scan rolled, chunked or parallel)".into(),
+                ));
+            }
+            options.dynamic_batch = true;
+        }
         let exported_batch = graph.exported_axes().iter().any(|a| a.axis == 0);
         if image && options.dynamic_batch && !exported_batch {
+            let flag = if options.micro_batch.is_some() {
+                "--micro-batch (which makes the batch axis symbolic)"
+            } else {
+                "--dynamic-batch"
+            };
             return Err(Error::Unsupported(format!(
-                "--dynamic-batch needs an image model exported with a symbolic batch axis (TorchScript \
+                "{flag} needs an image model exported with a symbolic batch axis (TorchScript \
                  dynamic_axes={{'{}': {{0: 'batch'}}}}, or dynamo dynamic_shapes): this export computes \
                  with its traced batch size written into the graph (the class token's expand, the reshapes)",
                 graph.graph_input_names().first().cloned().unwrap_or_default()
@@ -632,6 +648,10 @@ impl Compilation {
             phase_seconds: vec![],
         };
         graph.into_model(&mut model);
+        if let Some(samples) = options.micro_batch {
+            let graph = model.graph.take().expect("into_model set the graph");
+            model.graph = Some(emit::micro_batch::wrap(graph, samples)?);
+        }
         record_metadata(&mut model, &report, &options);
         Ok(Compiled { model, report })
     }
@@ -699,6 +719,9 @@ fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Opt
     );
     if let Some(rule) = report.patch_rule {
         metadata::add_metadata(model, &[(metadata::PATCH_RULE_KEY, rule.to_string())]);
+    }
+    if let Some(samples) = options.micro_batch {
+        metadata::add_metadata(model, &[(metadata::MICRO_BATCH_KEY, samples.to_string())]);
     }
     let mut dynamic = Vec::new();
     if options.dynamic_batch {

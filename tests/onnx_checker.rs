@@ -132,6 +132,25 @@ fn compiled_fixtures_pass_the_full_onnx_checker() {
         mambalrp::onnx::save_model_atomically(&compiled, &path).unwrap();
         files.push(path);
     }
+    // `--micro-batch`: the model wrapped in a Scan over groups of samples.
+    for (exporter, scan) in [("", ScanForm::Parallel), ("_dynamo", ScanForm::Rolled)] {
+        let options = Options {
+            scan,
+            micro_batch: Some(2),
+            dynamic_sequence: true,
+            emit_embedding: true,
+            emit_layers: true,
+            ..Options::default()
+        };
+        let compiled = compile(&load("tiny_convbias", exporter), &options)
+            .unwrap()
+            .model;
+        let path = dir
+            .path()
+            .join(format!("tiny_convbias{exporter}_micro_batch_{scan:?}.onnx"));
+        mambalrp::onnx::save_model_atomically(&compiled, &path).unwrap();
+        files.push(path);
+    }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_models.py");
     let result = Command::new(python()).arg(script).args(&files).output().unwrap_or_else(|e| {
         panic!("cannot run {} ({e}): run the README's test command (bash scripts/test.sh), which installs onnx", python().display())

@@ -1,6 +1,7 @@
 //! Everything the compiled model adds around the backward pass: which logit is explained, the
 //! seed cotangent, the relevance outputs and the metadata.
 mod dynamic_axes;
+pub mod micro_batch;
 pub use crate::onnx::metadata;
 mod outputs;
 mod source;

@@ -31,6 +31,8 @@ pub const DYNAMIC_AXES_KEY: &str = "mambalrp.dynamic_axes";
 pub const SEQUENCE_LENGTH_KEY: &str = "mambalrp.traced_sequence_length";
 /// The batch size a `--dynamic-batch` model was traced at.
 pub const BATCH_SIZE_KEY: &str = "mambalrp.traced_batch_size";
+/// Samples per iteration of a `--micro-batch` model's outer Scan.
+pub const MICRO_BATCH_KEY: &str = "mambalrp.micro_batch";
 
 /// Sets each `(key, value)`, replacing an earlier entry of the same key.
 pub fn add_metadata(model: &mut ModelProto, entries: &[(&str, String)]) {

@@ -77,13 +77,18 @@ pub struct CompileArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     chunk_len: Option<u16>,
     /// Make the sequence axis symbolic, so one compiled model explains any length (needs the
-    /// rolled or chunked scan; verification runs at the traced length).
+    /// rolled, chunked or parallel scan; verification runs at the traced length).
     #[arg(long)]
     dynamic_seq: bool,
-    /// Make the batch axis symbolic (needs the rolled or chunked scan; verification runs at
+    /// Make the batch axis symbolic (needs the rolled, chunked or parallel scan; verification runs at
     /// the traced batch size).
     #[arg(long)]
     dynamic_batch: bool,
+    /// Run the batch N samples at a time: the model is wrapped in one Scan over groups of N
+    /// samples, so its memory is that of N samples (plus the outputs) whatever the batch size
+    /// (implies --dynamic-batch; for long sequences on a GPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    micro_batch: Option<u16>,
     /// Store the weights in OUTPUT.data next to the model (automatic above 2 GiB).
     #[arg(long)]
     external_data: bool,
@@ -328,6 +333,7 @@ fn compile_options(args: &CompileArgs) -> Options {
         chunk_len: args.chunk_len.map(usize::from),
         dynamic_sequence: args.dynamic_seq,
         dynamic_batch: args.dynamic_batch,
+        micro_batch: args.micro_batch.map(usize::from),
     }
 }
 
