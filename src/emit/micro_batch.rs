@@ -38,7 +38,7 @@ pub fn wrap(graph: GraphProto, samples: usize) -> Result<GraphProto> {
         .collect();
     let batch_symbol = inputs
         .iter()
-        .find_map(|vi| leading_symbol(vi))
+        .find_map(leading_symbol)
         .ok_or_else(|| {
             Error::Unsupported(
                 "--micro-batch needs a symbolic batch axis (the first axis of the model's inputs)"
