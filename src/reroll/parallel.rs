@@ -3,22 +3,26 @@
 //!
 //! The linear recurrence `h_t = a_t h_{t-1} + u_t` (a = dA, u = dBu, `[B, D, T, N]`) is solved
 //! in chunks of L steps, `[B, D, K, L, N]`, all chunks at once. Within a chunk, with lc_t the
-//! cumulative log decay from the chunk's start (`CumSum`) and m half the chunk's total:
-//! `h_t = exp(lc_t - m) * cumsum_{s<=t}(exp(m - lc_s) * u_s)` (zero state entering it): O(T*D*N)
-//! work, no [L, L] intermediates. The chunks' end states E_k and total decays G_k obey the same
-//! recurrence one level up, `H_k = G_k H_{k-1} + E_k`, over K = T/L elements: solved the same
-//! way, recursively, until one chunk holds everything (ceil(log_L T) levels for a fixed length,
-//! enough for 2^21 tokens with a symbolic one). Each level then adds the state entering the
-//! chunk, `h_t += exp(lc_t) * H_{k-1}`. Finally `y_t = <h_t, C_t>`. Every op is linear in u with
-//! frozen factors (dA and C are stop-gradients under the SSM rule), so the relevance pass is the
-//! transpose the autodiff derives from these ops: reverse CumSums, slices and pads.
+//! cumulative log decay from the chunk's start (`CumSum`), m half the chunk's total and
+//! g_t = exp(lc_t - m): `h_t = g_t * cumsum_{s<=t}(u_s / g_s)` (zero state entering it): O(T*D*N)
+//! work, no [L, L] intermediates. The chunks' end states E_k = exp(m) * cumsum_{s<L}(u_s / g_s)
+//! (g at the last step is exp(m)) and total decays G_k obey the same recurrence one level up,
+//! `H_k = G_k H_{k-1} + E_k`, over K = T/L elements: solved the same way, recursively, until one
+//! chunk holds everything (ceil(log_L T) levels for a fixed length, enough for 2^21 tokens with a
+//! symbolic one). The state entering a chunk decays by exp(lc_t) = g_t * exp(m), so each level
+//! adds it inside the bracket: `h_t = g_t * (cumsum_{s<=t}(u_s / g_s) + exp(m) * H_{k-1})`, where
+//! exp(m) * H_{k-1} is one value per chunk, not per step. Finally `y_t = <h_t, C_t>`. Every op is
+//! linear in u with frozen factors (dA and C are stop-gradients under the SSM rule), so the
+//! relevance pass is the transpose the autodiff derives from these ops: reverse CumSums, slices
+//! and pads. Per level that is 4 ops over every step for the factors (`CumSum`, `Sub`, `Exp` and
+//! the reciprocal) and 4 for the states (`Mul`, `CumSum`, the carry's `Add`, `Mul`).
 //!
-//! Numerics. The factors exp(+-(lc_t - m)) stay within float32's range because every log decay
-//! entering a level (a step's, or a chunk's total one level up) is clamped at -T with
+//! Numerics. The factors g_t^{+-1} = exp(+-(lc_t - m)) stay within float32's range because every
+//! log decay entering a level (a step's, or a chunk's total one level up) is clamped at -T with
 //! T = min(20, 128 / L): |lc_t - m| <= L * T / 2 <= 64, and e^64 = 6e27 leaves 10 orders of
-//! magnitude for u. The clamp replaces a decay factor below e^-T (1.1e-7 for L = 8, 2e-9 for
-//! L <= 6) by e^-T: the carried state changes by at most that fraction of itself, float32's
-//! rounding. Half precision computes in float32.
+//! magnitude for u; exp(m) lies in [e^-64, 1], a normal float32. The clamp replaces a decay
+//! factor below e^-T (1.1e-7 for L = 8, 2e-9 for L <= 6) by e^-T: the carried state changes by at
+//! most that fraction of itself, float32's rounding. Half precision computes in float32.
 use super::chain::Chain;
 use super::layout;
 use crate::error::{Error, Result};
@@ -221,26 +225,32 @@ fn solve(
     let log_decay = to_chunks(graph, log_decay);
     let input = to_chunks(graph, input);
 
-    // Within chunks.
+    // Within chunks: `states = growth * cumsum(u / growth)` with growth = exp(lc - m). The
+    // quotient is `u * (1 / growth)`, so that the relevance pass multiplies by a reciprocal it
+    // recomputes (as it does growth) instead of keeping growth for a quotient's transpose.
     let step_axis = graph.scalar_i64(3);
     let cumulative = graph.add_node("CumSum", &[&log_decay, &step_axis], vec![]);
     let total = graph.op_slice_signed(&cumulative, 3, len as i64 - 1, len as i64);
     let half = graph.scalar_float(0.5, form.dtype);
     let middle = graph.add_node("Mul", &[&total, &half], vec![]);
     let to_step = graph.add_node("Sub", &[&cumulative, &middle], vec![]);
-    let from_step = graph.add_node("Sub", &[&middle, &cumulative], vec![]);
     let growth = graph.add_node("Exp", &[&to_step], vec![]);
-    let shrink = graph.add_node("Exp", &[&from_step], vec![]);
-    let scaled = graph.add_node("Mul", &[&shrink, &input], vec![]);
-    let summed = graph.add_node("CumSum", &[&scaled, &step_axis], vec![]);
-    let mut states = graph.add_node("Mul", &[&growth, &summed], vec![]);
+    let one = graph.scalar_float(1.0, form.dtype);
+    let shrink = graph.add_node("Div", &[&one, &growth], vec![]);
+    let scaled = graph.add_node("Mul", &[&input, &shrink], vec![]);
+    let mut summed = graph.add_node("CumSum", &[&scaled, &step_axis], vec![]);
 
     // Between chunks: the same recurrence over the chunks' ends, one level up.
     let chunks = seq.div_ceil(len);
     if levels > 0 && (form.symbolic || chunks > 1) {
+        // growth at a chunk's last step is exp(total - m) = exp(m) (m = total / 2, exactly), so
+        // the chunk's end state from its own inputs is exp(m) * summed at that step: [.., K, 1, N]
+        // values, no full-size slice of the states.
+        let at_middle = graph.add_node("Exp", &[&middle], vec![]);
+        let last = graph.op_slice_signed(&summed, 3, len as i64 - 1, len as i64);
+        let ends = graph.add_node("Mul", &[&at_middle, &last], vec![]);
         // The relevance pass reads no shape of these values: Squeeze's transpose needs none,
         // and the flattening Reshape takes its target from the shape the forward reads.
-        let ends = graph.op_slice_signed(&states, 3, len as i64 - 1, len as i64);
         let ends = graph.op_squeeze(&ends, &[3]);
         let spans = graph.op_squeeze(&total, &[3]);
         let spans = graph.add_node("Max", &[&spans, &form.floor], vec![]);
@@ -254,9 +264,11 @@ fn solve(
         let count = layout::runtime_length(graph, &after);
         let entering = layout::first_steps(graph, &shifted, &count);
         let entering = graph.op_unsqueeze(&entering, &[3]);
-        let from_start = graph.add_node("Exp", &[&cumulative], vec![]);
-        let carried = graph.add_node("Mul", &[&from_start, &entering], vec![]);
-        states = graph.add_node("Add", &[&states, &carried], vec![]);
+        // It decays by exp(lc_t) = growth * exp(m): inside the bracket, as exp(m) * H_{k-1}
+        // ([.., K, 1, N]; exp(m) >= e^-64, a normal float32).
+        let carried = graph.add_node("Mul", &[&at_middle, &entering], vec![]);
+        summed = graph.add_node("Add", &[&summed, &carried], vec![]);
     }
+    let states = graph.add_node("Mul", &[&growth, &summed], vec![]);
     Chunked { states, runtime }
 }
