@@ -9,7 +9,8 @@ from the repository root, with a release build of the compiler:
 What it does, in one process per step so that every figure is measured alone:
  1. builds the 130M-shaped Hugging Face model (random weights, models/export_bench.py's builder)
     and exports it with the TorchScript exporter at 16 tokens, batch 1;
- 2. compiles it once per scan form (`--scan FORM --dynamic-seq --dynamic-batch --no-verify`);
+ 2. compiles it once per scan form (`--scan FORM --dynamic-seq --dynamic-batch --no-verify`;
+    a form written `FORM+mbN`, e.g. `parallel+mb1`, adds `--micro-batch N`);
  3. per form and TF32 setting (`use_tf32` 0 and 1 for the first form, 0 for the others):
     creates a CUDA session (timed; ONNX Runtime's warning when nodes fall
     back to the CPU is reported), then per case (batch x tokens) runs forward +
@@ -87,10 +88,13 @@ def export(out_dir, size, half=False):
 
 
 def compile_form(compiler, model, form, out_dir):
-    out = os.path.join(out_dir, f"lrp_{form}.onnx")
+    """`form` is a scan form, optionally with `+mbN`: `--micro-batch N` (e.g. parallel+mb1)."""
+    scan, _, micro = form.partition("+mb")
+    out = os.path.join(out_dir, f"lrp_{scan}{'_mb' + micro if micro else ''}.onnx")
+    extra = ["--micro-batch", micro] if micro else []
     t = time.perf_counter()
-    subprocess.run([compiler, model, "-o", out, "--scan", form, "--no-verify", "--dynamic-seq",
-                    "--dynamic-batch"], check=True)
+    subprocess.run([compiler, model, "-o", out, "--scan", scan, "--no-verify", "--dynamic-seq",
+                    "--dynamic-batch", *extra], check=True)
     return out, time.perf_counter() - t
 
 
@@ -448,7 +452,7 @@ def main():
                 log(f"  run {prof['run_ms']:.1f} ms, {prof['kernels']} kernels, {prof['kernel_ms']:.1f} ms kernel time")
                 for op, v in list(prof["by_op"].items())[:12]:
                     log(f"    {op}: {v['nodes']} nodes, {v['ms']:.1f} ms")
-        if args.cuda_graph and form == "parallel":
+        if args.cuda_graph and form.startswith("parallel"):
             log(f"{form}: static shapes {args.cuda_graph}, CUDA graph capture")
             subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena,
                             "--size", args.size, "--step", "cudagraph", "--model", compiled, "--runs",
