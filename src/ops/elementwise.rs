@@ -270,7 +270,10 @@ fn quotient_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let b = &node.input[1];
     let mut vjp = Vjp::default();
     if step.carries[0] {
-        let q = graph.op_binary("Div", &g, b);
+        // A large frozen denominator made from small values (the parallel scan's growth) is
+        // recomputed here rather than kept from the forward pass (see `remat`).
+        let b = crate::autodiff::remat::recomputed(graph, b, &g, step.recomputed)?;
+        let q = graph.op_binary("Div", &g, &b);
         let shape = step.input_shape(graph, 0)?;
         vjp.full(0, graph.op_unbroadcast(&q, &out_shape, &shape)?);
     }

@@ -14,8 +14,8 @@
 //! exp(m) * H_{k-1} is one value per chunk, not per step. Finally `y_t = <h_t, C_t>`. Every op is
 //! linear in u with frozen factors (dA and C are stop-gradients under the SSM rule), so the
 //! relevance pass is the transpose the autodiff derives from these ops: reverse CumSums, slices
-//! and pads. Per level that is 4 ops over every step for the factors (`CumSum`, `Sub`, `Exp` and
-//! the reciprocal) and 4 for the states (`Mul`, `CumSum`, the carry's `Add`, `Mul`).
+//! and pads. Per level that is 3 ops over every step for the factors (`CumSum`, `Sub`, `Exp`) and
+//! 4 for the states (the quotient `Div`, `CumSum`, the carry's `Add`, `Mul`).
 //!
 //! Numerics. The factors g_t^{+-1} = exp(+-(lc_t - m)) stay within float32's range because every
 //! log decay entering a level (a step's, or a chunk's total one level up) is clamped at -T with
@@ -226,8 +226,7 @@ fn solve(
     let input = to_chunks(graph, input);
 
     // Within chunks: `states = growth * cumsum(u / growth)` with growth = exp(lc - m). The
-    // quotient is `u * (1 / growth)`, so that the relevance pass multiplies by a reciprocal it
-    // recomputes (as it does growth) instead of keeping growth for a quotient's transpose.
+    // quotient's transpose divides by a recomputed growth (`remat`), so growth is not kept.
     let step_axis = graph.scalar_i64(3);
     let cumulative = graph.add_node("CumSum", &[&log_decay, &step_axis], vec![]);
     let total = graph.op_slice_signed(&cumulative, 3, len as i64 - 1, len as i64);
@@ -235,9 +234,7 @@ fn solve(
     let middle = graph.add_node("Mul", &[&total, &half], vec![]);
     let to_step = graph.add_node("Sub", &[&cumulative, &middle], vec![]);
     let growth = graph.add_node("Exp", &[&to_step], vec![]);
-    let one = graph.scalar_float(1.0, form.dtype);
-    let shrink = graph.add_node("Div", &[&one, &growth], vec![]);
-    let scaled = graph.add_node("Mul", &[&input, &shrink], vec![]);
+    let scaled = graph.add_node("Div", &[&input, &growth], vec![]);
     let mut summed = graph.add_node("CumSum", &[&scaled, &step_axis], vec![]);
 
     // Between chunks: the same recurrence over the chunks' ends, one level up.
