@@ -213,7 +213,11 @@ fn product_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
             )?;
             let product = graph.op_binary("Mul", &g, &other);
             let shape = step.input_shape(graph, slot)?;
-            vjp.full(slot, graph.op_unbroadcast(&product, &out_shape, &shape)?);
+            let dtype = graph.dtype_of(&node.output[0]);
+            vjp.full(
+                slot,
+                graph.op_unbroadcast_as(&product, &out_shape, &shape, Some(dtype))?,
+            );
         }
     }
     Ok(vjp)

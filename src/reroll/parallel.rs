@@ -120,7 +120,9 @@ pub(super) fn emit(graph: &mut Graph, chain: &Chain, len: usize, symbolic: bool)
         graph.op_unsqueeze(&chunks, &[1])
     };
     let products = graph.add_node("Mul", &[&chunked.states, &readout_chunks], vec![]);
-    let y = graph.op_reduce_sum(&products, &[4], false);
+    let (batch, channels, _, _) = chain.dims;
+    let products_shape = [batch, channels, seq.div_ceil(len), len, n];
+    let y = graph.op_sum_last_axis(&products, &products_shape, dtype, false);
     let flat = graph.const_i64(&[0, 0, -1]);
     let y = graph.add_node("Reshape", &[&y, &flat], vec![]);
     // The relevance pass reads the products' shape (to spread y's cotangent over N): the
