@@ -375,6 +375,8 @@ impl Compilation {
         if !self.options.scan.is_compact() {
             return Ok(());
         }
+        // The GPU form sums over the state axis by MatMul (see `Graph::op_sum_last_axis`).
+        self.graph.sums_by_matmul = self.options.scan == ScanForm::Parallel;
         // Gradient x input needs the states to differentiate through dA and C.
         let keep_states = !self.options.rules.contains(rules::Rule::Ssm);
         let rerolled = reroll(

@@ -66,6 +66,9 @@ pub struct Graph {
     pub(super) selective_scans: HashMap<String, SelectiveScan>,
     /// The export's symbolic input dims and the sizes analysis gave them.
     pub(super) exported_axes: Vec<ExportedAxis>,
+    /// Sum short last axes of large tensors by MatMul (`op_sum_last_axis`): set for the
+    /// parallel (GPU) form; on the CPU ONNX Runtime's ReduceSum is the faster one.
+    pub sums_by_matmul: bool,
 }
 
 impl Graph {
@@ -136,6 +139,7 @@ impl Graph {
         fresh.minted = std::mem::take(&mut self.minted);
         fresh.selective_scans = std::mem::take(&mut self.selective_scans);
         fresh.exported_axes = std::mem::take(&mut self.exported_axes);
+        fresh.sums_by_matmul = self.sums_by_matmul;
         *self = fresh;
         Ok(())
     }

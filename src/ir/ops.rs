@@ -62,12 +62,15 @@ impl Graph {
         )
     }
 
-    /// The sum of `x` over its last axis. A large float32 tensor with a short last axis (the
-    /// SSM state, N = 16) is summed by a MatMul with a column of ones: ONNX Runtime's CUDA
-    /// ReduceSum over a short innermost axis is far below the memory bandwidth (ReduceSum took
-    /// 80 of the parallel form's 372 ms at 1x2048 on the 130M model), a matrix-vector product
-    /// reads the tensor once at full speed. The sum's order differs, not its terms.
-    /// `x` has the (traced) shape `shape` and element type `dtype`.
+    /// The sum of `x` (traced shape `shape`, element type `dtype`) over its last axis. In the
+    /// GPU form (`sums_by_matmul`), a large float32 tensor with a short last axis (the SSM
+    /// state, N = 16) is summed by a MatMul with a column of ones: ONNX Runtime's CUDA
+    /// ReduceSum over a short innermost axis is far below the memory bandwidth (it took 80 of
+    /// the parallel form's 372 ms at 1x2048 on the 130M model), a matrix-vector product reads
+    /// the tensor once at full speed (on the H200: 1x2048 in 358 instead of 372 ms). On this
+    /// project's CPU the rolled form measured 12% slower with it (a few percent of that was
+    /// the measurement's order), so only the parallel form asks for it. The order of the sum
+    /// differs, not its terms.
     pub fn op_sum_last_axis(
         &mut self,
         x: &str,
@@ -77,7 +80,8 @@ impl Graph {
     ) -> String {
         let last = shape.last().copied().unwrap_or(0);
         let numel: usize = shape.iter().product();
-        let by_matmul = dtype == DType::Float
+        let by_matmul = self.sums_by_matmul
+            && dtype == DType::Float
             && (2..=MATMUL_SUM_MAX_AXIS).contains(&last)
             && numel >= MATMUL_SUM_MIN_ELEMENTS;
         if !by_matmul {
