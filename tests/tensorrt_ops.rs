@@ -227,7 +227,14 @@ fn every_scan_form_uses_only_ops_tensorrt_parses() {
             ScanForm::Parallel,
             ScanForm::Unrolled,
         ] {
-            for dynamic in [false, true] {
+            // Fixed axes, symbolic axes, and symbolic axes with `--micro-batch` (the graph
+            // inside one more Scan), one sample and two per group.
+            for (dynamic, micro_batch) in [
+                (false, None),
+                (true, None),
+                (true, Some(1)),
+                (true, Some(2)),
+            ] {
                 if dynamic && scan == ScanForm::Unrolled {
                     continue;
                 }
@@ -235,6 +242,7 @@ fn every_scan_form_uses_only_ops_tensorrt_parses() {
                     scan,
                     dynamic_sequence: dynamic,
                     dynamic_batch: dynamic,
+                    micro_batch,
                     ..Options::default()
                 };
                 let compiled = compile(&model, &options)
@@ -242,7 +250,9 @@ fn every_scan_form_uses_only_ops_tensorrt_parses() {
                     .model;
                 check(
                     &compiled,
-                    &format!("tiny_zerobias{exporter} --scan {scan} (dynamic axes: {dynamic})"),
+                    &format!(
+                        "tiny_zerobias{exporter} --scan {scan} (dynamic axes: {dynamic}, micro-batch: {micro_batch:?})"
+                    ),
                 );
             }
         }
