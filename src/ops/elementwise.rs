@@ -447,17 +447,31 @@ fn exact_integers(graph: &Graph, names: &[String]) -> Option<Vec<ArrayD<i64>>> {
         .collect()
 }
 
+/// The operands broadcast to their common shape (numpy rules), or `None` when they do not
+/// broadcast or are not `N` of them.
+fn broadcast_all<T, const N: usize>(
+    operands: &[ArrayD<T>],
+) -> Option<(Vec<usize>, [ndarray::ArrayViewD<'_, T>; N])> {
+    if operands.len() != N {
+        return None;
+    }
+    let shape = operands
+        .iter()
+        .try_fold(vec![], |shape: Vec<usize>, a| broadcast(&shape, a.shape()))?;
+    let views: Vec<_> = operands
+        .iter()
+        .map(|a| a.broadcast(IxDyn(&shape)))
+        .collect::<Option<_>>()?;
+    Some((shape, views.try_into().ok()?))
+}
+
 /// `Equal` of integer shape values (the TorchScript exporter's `expand(B, -1, -1)` writes the
 /// -1 substitution with it).
 fn fold_equal(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tensor>> {
     let Some(v) = exact_integers(graph, &node.input) else {
         return Ok(None);
     };
-    let [a, b] = &v[..] else { return Ok(None) };
-    let Some(shape) = broadcast(a.shape(), b.shape()) else {
-        return Ok(None);
-    };
-    let (Some(a), Some(b)) = (a.broadcast(IxDyn(&shape)), b.broadcast(IxDyn(&shape))) else {
+    let Some((shape, [a, b])) = broadcast_all(&v) else {
         return Ok(None);
     };
     let values: Vec<bool> = a.iter().zip(b.iter()).map(|(x, y)| x == y).collect();
@@ -471,18 +485,7 @@ fn fold_where(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<Tenso
     let Some(v) = integer_operands(graph, node) else {
         return Ok(None);
     };
-    let [cond, x, y] = &v[..] else {
-        return Ok(None);
-    };
-    let Some(shape) = broadcast(cond.shape(), x.shape()).and_then(|s| broadcast(&s, y.shape()))
-    else {
-        return Ok(None);
-    };
-    let (Some(c), Some(x), Some(y)) = (
-        cond.broadcast(IxDyn(&shape)),
-        x.broadcast(IxDyn(&shape)),
-        y.broadcast(IxDyn(&shape)),
-    ) else {
+    let Some((shape, [c, x, y])) = broadcast_all(&v) else {
         return Ok(None);
     };
     let values: Vec<i64> = c
@@ -499,7 +502,6 @@ fn fold_arithmetic(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<
     let Some(v) = integer_operands(graph, node) else {
         return Ok(None);
     };
-    let [a, b] = &v[..] else { return Ok(None) };
     let f: fn(i64, i64) -> Option<i64> = match node.op_type() {
         "Add" => i64::checked_add,
         "Sub" => i64::checked_sub,
@@ -508,10 +510,7 @@ fn fold_arithmetic(graph: &Graph, node: &NodeProto, _: &Attrs) -> Result<Option<
         "Max" => |x: i64, y: i64| Some(x.max(y)),
         _ => i64::checked_div,
     };
-    let Some(shape) = broadcast(a.shape(), b.shape()) else {
-        return Ok(None);
-    };
-    let (Some(a), Some(b)) = (a.broadcast(IxDyn(&shape)), b.broadcast(IxDyn(&shape))) else {
+    let Some((shape, [a, b])) = broadcast_all(&v) else {
         return Ok(None);
     };
     let values: Option<Vec<i64>> = a.iter().zip(b.iter()).map(|(&x, &y)| f(x, y)).collect();
