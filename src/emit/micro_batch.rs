@@ -1,9 +1,10 @@
 //! `--micro-batch N`: the compiled model wrapped in one ONNX `Scan` whose iterations each run
 //! N samples of the batch, so that a batch of any size needs the memory of N samples (plus its
 //! outputs). The relevance pass keeps a few `[B, S, d_inner]` values per layer and each layer's
-//! scan works on `[B, d_inner, S, state]` tensors: on the 130M model that is about 8 GB of
-//! working set per sample at 2048 tokens, which a batch of 8 multiplies past any single GPU.
-//! Samples are independent, so running them a group at a time changes no number.
+//! scan works on `[B, d_inner, S, state]` tensors: on the 130M model that is about 7 GiB of
+//! working set per sample at 2048 tokens on a GPU, which a batch of 8 multiplied to 60 GiB.
+//! Samples are independent, so running them a group at a time changes nothing but, at most,
+//! float rounding (kernels may vectorise a different batch differently).
 //!
 //! The wrapper is built on the finished graph: its nodes become the Scan body (the weights stay
 //! initializers of the outer graph, which the body reads from the enclosing scope, as ONNX
@@ -23,8 +24,8 @@ use crate::onnx::Tensor;
 /// Prefix of every name the wrapper adds (outer nodes and the body's renamed inputs/outputs).
 const PREFIX: &str = "mambalrp/micro_batch";
 
-/// Wraps `graph` (inputs and outputs batch-first, the batch axis symbolic) so that it runs
-/// `samples` samples per Scan iteration.
+/// Wraps `graph` (inputs batch-first, every output with the batch on some axis, the batch
+/// axis symbolic) so that it runs `samples` samples per Scan iteration.
 pub fn wrap(graph: GraphProto, samples: usize) -> Result<GraphProto> {
     if samples == 0 {
         return Err(Error::Unsupported(
@@ -117,16 +118,14 @@ pub fn wrap(graph: GraphProto, samples: usize) -> Result<GraphProto> {
         let value = format!("{PREFIX}/{name}/value");
         let inner = format!("{PREFIX}/{name}");
         renames.insert(name.to_string(), value.clone());
-        let (op, mut input) = if one {
-            ("Squeeze", vec![value.clone()])
+        let (op, input) = if one {
+            let axes = axes_constant(&format!("{name}/sample_axis"), axis);
+            let input = vec![value.clone(), axes.output[0].clone()];
+            exits.push(axes);
+            ("Squeeze", input)
         } else {
             ("Identity", vec![value.clone()])
         };
-        if one {
-            let axes = axes_constant(&format!("{name}/sample_axis"), axis);
-            input.push(axes.output[0].clone());
-            exits.push(axes);
-        }
         exits.push(NodeProto {
             name: Some(format!("{inner}_node")),
             op_type: Some(op.into()),
