@@ -32,6 +32,9 @@ pub struct Options {
     pub dynamic_batch: bool,
     /// Run the batch this many samples at a time (one outer `Scan`; implies a symbolic batch).
     pub micro_batch: Option<usize>,
+    /// The longest sequence the parallel form serves with a symbolic length (`None`:
+    /// [`reroll::parallel::DEFAULT_MAX_SYMBOLIC_LENGTH`]).
+    pub max_seq_len: Option<usize>,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             dynamic_sequence: false,
             dynamic_batch: false,
             micro_batch: None,
+            max_seq_len: None,
         }
     }
 }
@@ -73,6 +77,9 @@ pub struct CompileReport {
     /// Tokens per Scan iteration of the rolled or chunked form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunk_len: Option<usize>,
+    /// The longest sequence a parallel-form model with a symbolic length serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sequence_length: Option<usize>,
     /// How often each canonicalising rewrite fired.
     pub canonicalized: BTreeMap<String, usize>,
     /// The export's symbolic input axes and the sizes they were analysed at.
@@ -341,6 +348,15 @@ impl Compilation {
                 }
             }
         }
+        if options.max_seq_len.is_some()
+            && !(options.scan == ScanForm::Parallel && options.dynamic_sequence)
+        {
+            return Err(Error::Unsupported(
+                "--max-seq-len applies to --scan parallel with a symbolic sequence axis \
+                 (--dynamic-seq): the Scan forms serve any length, a fixed length serves itself"
+                    .into(),
+            ));
+        }
         let chunk_len = options
             .chunk_len
             .unwrap_or_else(|| options.scan.default_chunk_len());
@@ -379,12 +395,16 @@ impl Compilation {
         self.graph.sums_by_matmul = self.options.scan == ScanForm::Parallel;
         // Gradient x input needs the states to differentiate through dA and C.
         let keep_states = !self.options.rules.contains(rules::Rule::Ssm);
+        let longest = self
+            .options
+            .max_seq_len
+            .unwrap_or(crate::reroll::parallel::DEFAULT_MAX_SYMBOLIC_LENGTH);
         let rerolled = reroll(
             &mut self.graph,
             self.options.scan,
             self.chunk_len,
             keep_states,
-            self.options.dynamic_sequence,
+            self.options.dynamic_sequence.then_some(longest),
         )?;
         if rerolled.scans > 0 {
             // The new nodes need their static types.
@@ -628,6 +648,17 @@ impl Compilation {
                 ScanForm::Unrolled
             },
             chunk_len: rerolled.then_some(self.chunk_len),
+            max_sequence_length: (rerolled
+                && options.scan == ScanForm::Parallel
+                && options.dynamic_sequence)
+                .then(|| {
+                    crate::reroll::parallel::served_length(
+                        options
+                            .max_seq_len
+                            .unwrap_or(crate::reroll::parallel::DEFAULT_MAX_SYMBOLIC_LENGTH),
+                        self.chunk_len,
+                    )
+                }),
             exported_axes: graph
                 .exported_axes()
                 .iter()
@@ -724,6 +755,12 @@ fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Opt
     }
     if let Some(samples) = options.micro_batch {
         metadata::add_metadata(model, &[(metadata::MICRO_BATCH_KEY, samples.to_string())]);
+    }
+    if let Some(longest) = report.max_sequence_length {
+        metadata::add_metadata(
+            model,
+            &[(metadata::MAX_SEQUENCE_LENGTH_KEY, longest.to_string())],
+        );
     }
     let mut dynamic = Vec::new();
     if options.dynamic_batch {

@@ -248,3 +248,97 @@ fn the_relevance_pass_reads_no_late_shape_of_a_state_sized_value() {
         );
     }
 }
+
+/// `--max-seq-len`: the parallel form's levels serve lengths up to a power of the chunk length
+/// (chunks of 3, asked for 8: 9 tokens). Within it the relevance is the reference's; a longer
+/// input stops the run with an error naming the limit, in both runtimes, instead of a wrong
+/// answer.
+#[test]
+fn the_parallel_form_serves_up_to_its_max_seq_len_and_refuses_longer_inputs() {
+    let options = Options {
+        dynamic_sequence: true,
+        scan: ScanForm::Parallel,
+        chunk_len: Some(3),
+        max_seq_len: Some(8),
+        ..Options::default()
+    };
+    let compiled = compile(&load("tiny_zerobias", ""), &options).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(compiled.report.max_sequence_length, Some(9));
+    let metadata = &compiled.model.metadata_props;
+    assert!(
+        metadata
+            .iter()
+            .any(|p| p.key() == "mambalrp.max_sequence_length" && p.value() == "9"),
+        "{metadata:?}"
+    );
+    let unbounded = compile(
+        &load("tiny_zerobias", ""),
+        &Options {
+            max_seq_len: None,
+            ..options.clone()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        compiled.model.graph.as_ref().unwrap().node.len()
+            < unbounded.model.graph.as_ref().unwrap().node.len(),
+        "fewer levels, fewer nodes"
+    );
+    for fixture in ["tiny_zerobias_s4", "tiny_zerobias"] {
+        let reference = Reference::load(fixture);
+        let outputs = run_ort(&compiled.model, &reference.inputs()).expect("ONNX Runtime runs");
+        let err = relative_error(
+            output(&outputs, "relevance"),
+            &reference.f32("mambalrp_relevance"),
+        );
+        assert!(err <= 1e-5, "{fixture}: {err:.2e}");
+        let in_tract = run(&compiled.model, &reference.inputs());
+        let err = relative_error(
+            output(&in_tract, "relevance"),
+            &reference.f32("mambalrp_relevance"),
+        );
+        assert!(err <= 1e-5, "{fixture} in tract: {err:.2e}");
+    }
+    let longer = Reference::load("tiny_zerobias_s16").inputs();
+    for (runtime, result) in [
+        ("onnxruntime", run_ort(&compiled.model, &longer)),
+        (
+            "tract",
+            mambalrp::verify::run_tract(&compiled.model, &longer),
+        ),
+    ] {
+        let error = format!("{:#}", result.expect_err("16 tokens are refused"));
+        println!("{runtime}: {error}");
+        assert!(
+            error.contains("max_seq_len_9_exceeded"),
+            "{runtime}: {error}"
+        );
+    }
+
+    for scan in [ScanForm::Rolled, ScanForm::Chunked] {
+        let refused = compile(
+            &load("tiny_zerobias", ""),
+            &Options {
+                scan,
+                ..options.clone()
+            },
+        );
+        let error = refused.err().expect("refused").to_string();
+        assert!(
+            error.contains("--max-seq-len applies to --scan parallel"),
+            "{error}"
+        );
+    }
+    let short = compile(
+        &load("tiny_zerobias", ""),
+        &Options {
+            max_seq_len: Some(5),
+            ..options
+        },
+    );
+    let error = short.err().expect("refused").to_string();
+    assert!(
+        error.contains("shorter than the length the model was traced at (8)"),
+        "{error}"
+    );
+}

@@ -155,6 +155,17 @@ fn bad_inputs_are_refused_with_exit_2_and_a_clear_message() {
     let tokenizer = write_word_tokenizer(dir.path());
     let dynamic_model = compiled(dir.path(), "dynamic.onnx", dynamic());
     let static_model = compiled(dir.path(), "static.onnx", Options::default());
+    // Chunks of 2, at most 8 tokens (traced at 8).
+    let bounded_model = compiled(
+        dir.path(),
+        "bounded.onnx",
+        Options {
+            scan: ScanForm::Parallel,
+            chunk_len: Some(2),
+            max_seq_len: Some(8),
+            ..dynamic()
+        },
+    );
     let original = model_path("tiny_convbias", "");
     let missing = dir.path().join("missing.json");
     let broken = dir.path().join("broken.json");
@@ -189,6 +200,16 @@ fn bad_inputs_are_refused_with_exit_2_and_a_clear_message() {
                 "w1 w2 w3",
             ],
             "has 3 tokens, but",
+        ),
+        (
+            vec![
+                arg(&bounded_model),
+                "--tokenizer",
+                arg(&tokenizer),
+                "--text",
+                "w1 w2 w3 w4 w5 w6 w7 w8 w9",
+            ],
+            "has 9 tokens, but",
         ),
         (
             vec![

@@ -119,6 +119,8 @@ struct Interface {
     batch: Option<usize>,
     /// Static sequence length, or `None` when the axis is symbolic.
     length: Option<usize>,
+    /// The longest sequence a symbolic length serves, where the model records one.
+    longest: Option<usize>,
     takes_target: bool,
     logits_output: String,
 }
@@ -187,6 +189,11 @@ fn interface(model: &ModelProto, path: &Path) -> Result<Interface> {
         ids_input: ids.name().to_string(),
         batch: shape[0],
         length: shape[1],
+        longest: model
+            .metadata_props
+            .iter()
+            .find(|p| p.key() == crate::onnx::metadata::MAX_SEQUENCE_LENGTH_KEY)
+            .and_then(|p| p.value().parse().ok()),
         takes_target: graph.input.iter().any(|i| i.name() == TARGET_INPUT),
         logits_output,
     })
@@ -243,6 +250,14 @@ pub fn explain_texts(
             return Err(Error::Unsupported(format!(
                 "{text:?} has {} tokens, but {} takes exactly {length} (compiled with a static sequence length; \
                  compile with --dynamic-seq to explain any text)",
+                ids.len(),
+                model_path.display()
+            )));
+        }
+        if let Some(longest) = interface.longest.filter(|&l| l < ids.len()) {
+            return Err(Error::Unsupported(format!(
+                "{text:?} has {} tokens, but {} serves at most {longest} (compiled with \
+                 --max-seq-len; compile again with a larger one)",
                 ids.len(),
                 model_path.display()
             )));

@@ -33,6 +33,9 @@ pub const SEQUENCE_LENGTH_KEY: &str = "mambalrp.traced_sequence_length";
 pub const BATCH_SIZE_KEY: &str = "mambalrp.traced_batch_size";
 /// Samples per iteration of a `--micro-batch` model's outer Scan.
 pub const MICRO_BATCH_KEY: &str = "mambalrp.micro_batch";
+/// The longest sequence a parallel-form model with a symbolic length serves (longer inputs fail
+/// at a node named `max_seq_len_N_exceeded`).
+pub const MAX_SEQUENCE_LENGTH_KEY: &str = "mambalrp.max_sequence_length";
 
 /// Sets each `(key, value)`, replacing an earlier entry of the same key.
 pub fn add_metadata(model: &mut ModelProto, entries: &[(&str, String)]) {

@@ -92,16 +92,17 @@ pub struct Rerolled {
 }
 
 /// Replaces every unrolled selective-scan chain by the compact `form` over chunks of up to
-/// `len` steps. With `symbolic_length` the time axis is padded at run time to whole chunks;
-/// otherwise the Scan forms take the largest divisor of the traced length up to `len` (the
-/// parallel form pads). With `keep_states` a Scan also outputs all states (the gradient x input
+/// `len` steps. With `symbolic_length` (`Some(longest)`) the time axis is padded at run time to
+/// whole chunks, and the parallel form serves lengths up to `longest` (the Scan forms serve
+/// any); otherwise the Scan forms take the largest divisor of the traced length up to `len`
+/// (the parallel form pads). With `keep_states` a Scan also outputs all states (the gradient x input
 /// backward needs them). The caller re-analyses the graph.
 pub fn reroll(
     graph: &mut Graph,
     form: ScanForm,
     len: usize,
     keep_states: bool,
-    symbolic_length: bool,
+    symbolic_length: Option<usize>,
 ) -> Result<Rerolled> {
     let chains = chain::find_all(graph)?;
     let len = len.max(1);
@@ -116,10 +117,11 @@ pub fn reroll(
     for chain in &chains {
         match form.kind() {
             Some(kind) => {
-                if !symbolic_length {
+                let symbolic = symbolic_length.is_some();
+                if !symbolic {
                     chunk_len = layout::dividing_chunk_len(chain.dims.2, len);
                 }
-                layout::emit(graph, chain, kind, chunk_len, keep_states, symbolic_length)?;
+                layout::emit(graph, chain, kind, chunk_len, keep_states, symbolic)?;
             }
             None => parallel::emit(graph, chain, len, symbolic_length)?,
         }

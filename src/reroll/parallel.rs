@@ -8,8 +8,9 @@
 //! work, no [L, L] intermediates. The chunks' end states E_k = exp(m) * cumsum_{s<L}(u_s / g_s)
 //! (g at the last step is exp(m)) and total decays G_k obey the same recurrence one level up,
 //! `H_k = G_k H_{k-1} + E_k`, over K = T/L elements: solved the same way, recursively, until one
-//! chunk holds everything (ceil(log_L T) levels for a fixed length, enough for 2^21 tokens with a
-//! symbolic one). The state entering a chunk decays by exp(lc_t) = g_t * exp(m), so each level
+//! chunk holds everything (ceil(log_L T) levels for a fixed length; with a symbolic one, enough
+//! for the longest length the model serves, `--max-seq-len`, and a longer input stops the run at
+//! the top level's `Reshape`, which then has more than one chunk to hold). The state entering a chunk decays by exp(lc_t) = g_t * exp(m), so each level
 //! adds it inside the bracket: `h_t = g_t * (cumsum_{s<=t}(u_s / g_s) + exp(m) * H_{k-1})`, where
 //! exp(m) * H_{k-1} is one value per chunk, not per step. Finally `y_t = <h_t, C_t>`. Every op is
 //! linear in u with frozen factors (dA and C are stop-gradients under the SSM rule), so the
@@ -34,9 +35,18 @@ pub const DEFAULT_CHUNK_LEN: usize = 8;
 /// Chunk lengths the form takes: at least 2 (each level must shrink the problem), at most the
 /// longest whose factors stay within float32's range with a clamp below eps.
 pub const CHUNK_LENS: std::ops::RangeInclusive<usize> = 2..=8;
-/// The longest sequence a model with a symbolic length serves exactly: the number of levels is
-/// fixed in the graph (a [1, 1536, 2^21, 16] float32 tensor alone would take 200 GB).
-pub const MAX_SYMBOLIC_LENGTH: usize = 1 << 21;
+/// The longest sequence a model with a symbolic length serves when `--max-seq-len` is not
+/// given. The number of levels is fixed in the graph, and every level costs a few dozen small
+/// kernels per layer at any length, so this is no longer than needed: the form's working set is
+/// about 3.8 MB per token for the 130M model (159 KB per token and layer on an H200), so 2^18
+/// tokens would need about 1 TB of device memory.
+pub const DEFAULT_MAX_SYMBOLIC_LENGTH: usize = 1 << 18;
+
+/// The longest length a symbolic-length model asked to serve `longest` steps in chunks of `len`
+/// serves: what the top level's one chunk covers, `len^(levels + 1)`, at least `longest`.
+pub fn served_length(longest: usize, len: usize) -> usize {
+    (0..=levels_for(longest, len)).fold(1usize, |covered, _| covered.saturating_mul(len))
+}
 
 /// The per-step log-decay clamp T for chunks of `len` steps (see the module doc).
 pub fn log_decay_floor(len: usize) -> f32 {
@@ -48,12 +58,19 @@ struct Form {
     len: usize,
     n: usize,
     dtype: DType,
-    symbolic: bool,
+    /// With a symbolic length, the longest length served (see [`served_length`]).
+    longest: Option<usize>,
     floor: String,
 }
 
-/// Replaces one unrolled chain by the parallel form with chunks of `len` steps.
-pub(super) fn emit(graph: &mut Graph, chain: &Chain, len: usize, symbolic: bool) -> Result<()> {
+/// Replaces one unrolled chain by the parallel form with chunks of `len` steps; `longest`, for a
+/// symbolic length, is the longest length to serve.
+pub(super) fn emit(
+    graph: &mut Graph,
+    chain: &Chain,
+    len: usize,
+    longest: Option<usize>,
+) -> Result<()> {
     if !CHUNK_LENS.contains(&len) {
         return Err(Error::Unsupported(format!(
             "--scan parallel takes --chunk-len {} to {} (got {len}): shorter chunks would not \
@@ -63,6 +80,13 @@ pub(super) fn emit(graph: &mut Graph, chain: &Chain, len: usize, symbolic: bool)
         )));
     }
     let (_, _, seq, n) = chain.dims;
+    if let Some(longest) = longest.filter(|&longest| longest < seq) {
+        return Err(Error::Unsupported(format!(
+            "--max-seq-len {longest} is shorter than the length the model was traced at ({seq}), \
+             at which it is verified"
+        )));
+    }
+    let levels = levels_for(longest.unwrap_or(seq), len);
     // Half precision has no room for exp(+-64): the scan runs in float32.
     let dtype = match graph.dtype_of(&chain.decay) {
         DType::Float16 | DType::BFloat16 => DType::Float,
@@ -94,15 +118,10 @@ pub(super) fn emit(graph: &mut Graph, chain: &Chain, len: usize, symbolic: bool)
         len,
         n,
         dtype,
-        symbolic,
+        longest: longest.map(|longest| served_length(longest, len)),
         floor,
     };
     let log_decay = graph.add_node("Max", &[&log_decay, &form.floor], vec![]);
-    let levels = if symbolic {
-        levels_for(MAX_SYMBOLIC_LENGTH, len)
-    } else {
-        levels_for(seq, len)
-    };
     let chunked = solve(graph, &form, &log_decay, &input, seq, levels);
     // y_t = <h_t, C_t>, read out in the chunk layout, so that no [B, D, T, N] copy is made to
     // un-chunk the states (nor kept for the relevance pass to read its shape):
@@ -208,21 +227,32 @@ fn solve(
     levels: usize,
 ) -> Chunked {
     let (len, n) = (form.len, form.n as i64);
+    let symbolic = form.longest.is_some();
     // Pad the time axis to whole chunks (at run time for a symbolic length). Padded steps have
     // log decay 0 and input 0: they change no state before them.
-    let runtime = (form.symbolic || !seq.is_multiple_of(len)).then(|| {
+    let runtime = (symbolic || !seq.is_multiple_of(len)).then(|| {
         let seq = layout::runtime_length(graph, input);
         let pad = layout::padding(graph, &seq, len);
         (seq, pad)
     });
-    let chunk_shape = graph.const_i64(&[0, 0, -1, len as i64, n]);
+    // The top level of a symbolic length holds exactly one chunk: an input longer than the
+    // levels serve fails here, in a node whose name says why, instead of running without the
+    // carry between the top level's chunks.
+    let guard = match form.longest {
+        Some(longest) if levels == 0 => Some(format!("max_seq_len_{longest}_exceeded")),
+        _ => None,
+    };
+    let chunks_dim = if guard.is_some() { 1 } else { -1 };
+    let chunk_shape = graph.const_i64(&[0, 0, chunks_dim, len as i64, n]);
     let pads = runtime.as_ref().map(|(_, pad)| layout::pads(graph, pad, 4));
     let to_chunks = |graph: &mut Graph, value: &str| {
         let value = match &pads {
             Some(pads) => graph.add_node("Pad", &[value, pads], vec![]),
             None => value.to_string(),
         };
-        graph.add_node("Reshape", &[&value, &chunk_shape], vec![])
+        let hint = guard.as_deref().unwrap_or("Reshape");
+        let reshaped = graph.add_node_named(hint, "Reshape", &[&value, &chunk_shape], 1, vec![]);
+        reshaped.into_iter().next().expect("one output")
     };
     let log_decay = to_chunks(graph, log_decay);
     let input = to_chunks(graph, input);
@@ -241,7 +271,7 @@ fn solve(
 
     // Between chunks: the same recurrence over the chunks' ends, one level up.
     let chunks = seq.div_ceil(len);
-    if levels > 0 && (form.symbolic || chunks > 1) {
+    if levels > 0 && (symbolic || chunks > 1) {
         // growth at a chunk's last step is exp(total - m) = exp(m) (m = total / 2, exactly), so
         // the chunk's end state from its own inputs is exp(m) * summed at that step: [.., K, 1, N]
         // values, no full-size slice of the states.

@@ -89,6 +89,13 @@ pub struct CompileArgs {
     /// (implies --dynamic-batch; for long sequences on a GPU).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     micro_batch: Option<u16>,
+    /// The longest sequence a --scan parallel model with a symbolic length serves (rounded up
+    /// to a power of the chunk length; default 262144). Every power of the chunk length it
+    /// spans is a level of a few dozen small kernels per layer, so a GPU serving short texts
+    /// runs faster with a small one; a longer input then fails at a node named
+    /// max_seq_len_N_exceeded.
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_seq_len: Option<u32>,
     /// Store the weights in OUTPUT.data next to the model (automatic above 2 GiB).
     #[arg(long)]
     external_data: bool,
@@ -334,6 +341,7 @@ fn compile_options(args: &CompileArgs) -> Options {
         dynamic_sequence: args.dynamic_seq,
         dynamic_batch: args.dynamic_batch,
         micro_batch: args.micro_batch.map(usize::from),
+        max_seq_len: args.max_seq_len.map(|n| n as usize),
     }
 }
 
