@@ -10,7 +10,8 @@ What it does, in one process per step so that every figure is measured alone:
  1. builds the 130M-shaped Hugging Face model (random weights, models/export_bench.py's builder)
     and exports it with the TorchScript exporter at 16 tokens, batch 1;
  2. compiles it once per scan form (`--scan FORM --dynamic-seq --dynamic-batch --no-verify`;
-    a form written `FORM+mbN`, e.g. `parallel+mb1`, adds `--micro-batch N`);
+    a form written `FORM+mbN`, e.g. `parallel+mb1`, adds `--micro-batch N`, `+maxN`
+    `--max-seq-len N`);
  3. per form and TF32 setting (`use_tf32` 0 and 1 for the first form, 0 for the others):
     creates a CUDA session (timed; ONNX Runtime's warning when nodes fall
     back to the CPU is reported), then per case (batch x tokens) runs forward +
@@ -90,10 +91,18 @@ def export(out_dir, size, half=False):
 
 
 def compile_form(compiler, model, form, out_dir):
-    """`form` is a scan form, optionally with `+mbN`: `--micro-batch N` (e.g. parallel+mb1)."""
-    scan, _, micro = form.partition("+mb")
-    out = os.path.join(out_dir, f"lrp_{scan}{'_mb' + micro if micro else ''}.onnx")
-    extra = ["--micro-batch", micro] if micro else []
+    """`form` is a scan form with optional suffixes: `+mbN` adds `--micro-batch N`, `+maxN`
+    `--max-seq-len N` (e.g. parallel+mb1+max4096)."""
+    scan, *suffixes = form.split("+")
+    extra = []
+    for suffix in suffixes:
+        if suffix.startswith("mb"):
+            extra += ["--micro-batch", suffix[2:]]
+        elif suffix.startswith("max"):
+            extra += ["--max-seq-len", suffix[3:]]
+        else:
+            raise SystemExit(f"unknown form suffix +{suffix} in {form}")
+    out = os.path.join(out_dir, f"lrp_{form.replace('+', '_')}.onnx")
     t = time.perf_counter()
     subprocess.run([compiler, model, "-o", out, "--scan", scan, "--no-verify", "--dynamic-seq",
                     "--dynamic-batch", *extra], check=True)
