@@ -1,0 +1,111 @@
+"""What one full-size op costs on the GPU: the ops the parallel scan form runs over
+[B, D, K, L, N] tensors, each alone in a one-node ONNX model, timed in ONNX Runtime's CUDA
+provider with inputs and outputs bound on the GPU (median of --runs after a warm-up).
+
+    python3 scripts/gpu_op_costs.py [--shape 1 1536 256 8 16] [--runs 20] [--out FILE.json]
+
+With the counts of such ops per layer in a compiled model (README, GPU section) this says how
+much of an explanation's time is device work on state-sized tensors and how much is the rest:
+ONNX Runtime's CUDA kernels are not fused, so each op reads and writes its whole tensor.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+
+def model(op, operands, attrs):
+    """A one-node model: `operands` in order, (name, array or None); None is the graph input
+    x (numpy arrays become initializers)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+              for name, shape in operands if isinstance(shape, tuple)]
+    inits = [onnx.numpy_helper.from_array(v, name) for name, v in operands if isinstance(v, np.ndarray)]
+    node = helper.make_node(op, [name for name, _ in operands], ["y"], **attrs)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], op, inputs, [out], initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def time_model(blob, inputs, runs, device):
+    import onnxruntime as ort
+
+    providers = [("CUDAExecutionProvider", {"use_tf32": "0"})] if device == "cuda" else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(blob, providers=providers)
+    binding = sess.io_binding()
+    for name, array in inputs.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
+    binding.bind_output("y", device)
+    sess.run_with_iobinding(binding)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def main():
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", nargs=5, type=int, default=[1, 1536, 256, 8, 16])
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--out")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    args = p.parse_args()
+    b, d, k, l, n = args.shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(args.shape).astype(np.float32)
+    y = rng.standard_normal(args.shape).astype(np.float32)
+    per_channel = rng.standard_normal([b, d, k, l, 1]).astype(np.float32)
+    per_step = rng.standard_normal([b, 1, k, l, n]).astype(np.float32)
+    i64 = lambda *v: np.array(v, np.int64)
+    tri = np.tril(np.ones((l, l), np.float32))
+    full = tuple(args.shape)
+    arrays = {"x": x, "other": y, "per_channel": per_channel, "per_step": per_step}
+    X = ("x", full)
+    cases = {
+        "Add (same shape)": ("Add", [X, ("other", full)], {}),
+        "Mul (same shape)": ("Mul", [X, ("other", full)], {}),
+        "Mul (by [B,D,K,L,1])": ("Mul", [X, ("per_channel", per_channel.shape)], {}),
+        "Mul (by [B,1,K,L,N])": ("Mul", [X, ("per_step", per_step.shape)], {}),
+        "Div (same shape)": ("Div", [X, ("other", full)], {}),
+        "Exp": ("Exp", [X], {}),
+        "CumSum over L": ("CumSum", [X, ("axis", i64(3))], {}),
+        "CumSum over L, reverse": ("CumSum", [X, ("axis", i64(3))], {"reverse": 1}),
+        "MatMul tril[L,L] @ x (= CumSum over L)": ("MatMul", [("tri", tri), X], {}),
+        "Pad (0 steps on K)": ("Pad", [X, ("pads", i64(*[0] * 10))], {}),
+        "Slice (all of K)": ("Slice", [X, ("starts", i64(0)), ("ends", i64(k)), ("axes", i64(2))], {}),
+        "ReduceSum over N": ("ReduceSum", [X, ("axes", i64(4))], {"keepdims": 0}),
+        "MatMul x @ ones[N,1] (= ReduceSum over N)": ("MatMul", [X, ("ones", np.ones((n, 1), np.float32))], {}),
+        "Transpose (K and L swapped)": ("Transpose", [X], {"perm": [0, 1, 3, 2, 4]}),
+    }
+    results = {"shape": args.shape, "megabytes": x.nbytes / 1e6, "device": args.device, "ms": {}}
+    for label, (op, operands, attrs) in cases.items():
+        inputs = {name: arrays[name] for name, v in operands if isinstance(v, tuple)}
+        try:
+            ms = time_model(model(op, operands, attrs), inputs, args.runs, args.device)
+            results["ms"][label] = round(ms, 3)
+            print(f"{label}: {ms:.3f} ms")
+        except Exception as e:  # an op the provider refuses: say so, go on
+            results["ms"][label] = str(e).splitlines()[0][:200]
+            print(f"{label}: failed: {results['ms'][label]}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
