@@ -48,6 +48,9 @@ sys.path.insert(0, os.path.join(ROOT, "models"))
 ARENA = "same"
 # ONNX Runtime's enable_mem_reuse session option (--mem-reuse).
 MEM_REUSE = True
+# ONNX Runtime's graph optimisation for the session (--graph-opt): all, basic, none, or
+# preoptimized (a copy optimised once at level all for this provider, loaded with none).
+GRAPH_OPT = "all"
 
 
 def log(*a):
@@ -119,6 +122,11 @@ def session(path, tf32, providers_wanted):
     # With symbolic axes the allocation planner's search for reusable buffers is most of the
     # session's creation (52 of 53 s for the parallel form on the CPU); off, it takes 7 s.
     options.enable_mem_reuse = MEM_REUSE
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "preoptimized": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    options.graph_optimization_level = levels[GRAPH_OPT]
     providers = []
     if "CUDAExecutionProvider" in providers_wanted:
         # kSameAsRequested: the arena grows by what is asked, so the memory in use is the peak
@@ -128,6 +136,17 @@ def session(path, tf32, providers_wanted):
             cuda["arena_extend_strategy"] = "kSameAsRequested"
         providers.append(("CUDAExecutionProvider", cuda))
     providers.append("CPUExecutionProvider")
+    if GRAPH_OPT == "preoptimized":
+        # Optimised once for these providers (untimed: a deployment step), then loaded as is.
+        optimized = path.replace(".onnx", "_optimized.onnx")
+        if not os.path.exists(optimized):
+            once = ort.SessionOptions()
+            once.enable_mem_reuse = False
+            once.optimized_model_filepath = optimized
+            t = time.perf_counter()
+            ort.InferenceSession(path, once, providers=providers)
+            log(f"  optimised {os.path.basename(path)} once in {time.perf_counter() - t:.1f} s")
+        path = optimized
     t = time.perf_counter()
     s = ort.InferenceSession(path, options, providers=providers)
     return s, time.perf_counter() - t
@@ -390,11 +409,15 @@ def main():
     p.add_argument("--mem-reuse", choices=["on", "off"], default="on",
                    help="ONNX Runtime's enable_mem_reuse; off creates a session with symbolic axes "
                         "in a fraction of the time")
+    p.add_argument("--graph-opt", choices=["all", "basic", "none", "preoptimized"], default="all",
+                   help="ONNX Runtime's graph optimisation level for the session; preoptimized: a copy "
+                        "optimised once at level all, loaded with none")
     p.add_argument("--arena", choices=["same", "default"], default="same",
                    help="the CUDA arena's growth: as requested (memory in use = peak) or ONNX Runtime's default")
     args = p.parse_args()
-    global ARENA, MEM_REUSE
+    global ARENA, MEM_REUSE, GRAPH_OPT
     ARENA = args.arena
+    GRAPH_OPT = args.graph_opt
     MEM_REUSE = args.mem_reuse == "on"
     cases = [tuple(int(v) for v in c.split("x")) for c in args.cases]
     os.makedirs(args.out, exist_ok=True)
@@ -445,7 +468,7 @@ def main():
             log(f"{form}, use_tf32={tf32}:")
             errors = os.path.join(args.out, f"ort_{form}_{tf32}.log")
             with open(errors, "w") as err:
-                done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--mem-reuse", args.mem_reuse,
+                done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--mem-reuse", args.mem_reuse, "--graph-opt", args.graph_opt,
                                        "--size", args.size, "--step", "ort", "--model", compiled, "--tf32",
                                        str(tf32), "--runs", str(args.runs), "--cases", *form_cases],
                                       stderr=err, timeout=args.timeout)
@@ -460,7 +483,7 @@ def main():
                 results["forms"][form]["tf32"][tf32] = dict(json.load(f), cpu_fallback=fallback)
         if args.profile:
             log(f"{form}: profiling {args.profile}")
-            done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--mem-reuse", args.mem_reuse,
+            done = subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--mem-reuse", args.mem_reuse, "--graph-opt", args.graph_opt,
                                    "--size", args.size, "--step", "profile", "--model", compiled, "--tf32", "0",
                                    "--cases", args.profile], timeout=args.timeout)
             name = os.path.join(args.out, f"profile_{os.path.basename(compiled)}.json")
@@ -472,14 +495,14 @@ def main():
                     log(f"    {op}: {v['nodes']} nodes, {v['ms']:.1f} ms")
         if args.cuda_graph and form.startswith("parallel"):
             log(f"{form}: static shapes {args.cuda_graph}, CUDA graph capture")
-            subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--mem-reuse", args.mem_reuse,
+            subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--mem-reuse", args.mem_reuse, "--graph-opt", args.graph_opt,
                             "--size", args.size, "--step", "cudagraph", "--model", compiled, "--runs",
                             str(args.runs), "--cases", args.cuda_graph], timeout=args.timeout)
             name = os.path.join(args.out, f"cudagraph_{os.path.basename(compiled)}.json")
             if os.path.exists(name):
                 results["forms"][form]["cuda_graph"] = json.load(open(name))
         os.remove(compiled)
-    subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--mem-reuse", args.mem_reuse, "--size",
+    subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--mem-reuse", args.mem_reuse, "--graph-opt", args.graph_opt, "--size",
                     args.size, "--step", "torch", "--runs", str(args.runs), "--cases", *args.cases[:-1]],
                    check=True, timeout=args.timeout)
     with open(os.path.join(args.out, "torch.json")) as f:
