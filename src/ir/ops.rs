@@ -141,6 +141,9 @@ impl Graph {
             unpadded.then(|| (node.input[0].clone(), node.input[1].clone()))
         });
         let rank = self.shape(value).map(|s| s.len() as i64);
+        if let Some([a, b]) = self.padded_product(value) {
+            return self.op_broadcast_shapes(&a, &b);
+        }
         match (padded, rank) {
             (Some((inner, pads)), Ok(rank)) => {
                 let inner = self.op_shape_of(&inner);
@@ -151,6 +154,50 @@ impl Graph {
             }
             _ => self.add_node("Shape", &[value], vec![]),
         }
+    }
+
+    /// The factors of `value` when it is a product of zero-padded factors (a `Mul` whose
+    /// operands are each a `Pad` output, a constant or such a product, as the parallel scan pads
+    /// its operands): its shape is then read off the factors, which are small, instead of off the
+    /// product, which is state-sized (see [`Graph::op_shape_of`]).
+    fn padded_product(&self, value: &str) -> Option<[String; 2]> {
+        let (_, node) = self.producer(value)?;
+        if node.op_type() != "Mul" || node.input.len() != 2 {
+            return None;
+        }
+        let factor_ok = |factor: &str| {
+            self.is_constant(factor)
+                || self
+                    .producer(factor)
+                    .is_some_and(|(_, n)| n.op_type() == "Pad")
+                || self.padded_product(factor).is_some()
+        };
+        let factors = [node.input[0].clone(), node.input[1].clone()];
+        factors.iter().all(|f| factor_ok(f)).then_some(factors)
+    }
+
+    /// The runtime shape of the broadcast of `a` and `b` (ONNX's rule: right-aligned, a dim of
+    /// 1 takes the other's), computed from their own shapes.
+    fn op_broadcast_shapes(&mut self, a: &str, b: &str) -> String {
+        let rank_of = |graph: &Graph, v: &str| graph.shape(v).map_or(0, |s| s.len());
+        let (rank_a, rank_b) = (rank_of(self, a), rank_of(self, b));
+        let rank = rank_a.max(rank_b);
+        let mut shapes = Vec::new();
+        for (value, own) in [(a, rank_a), (b, rank_b)] {
+            let shape = match self.constant(value).map(|t| t.shape().to_vec()) {
+                Some(dims) => self.const_i64(&dims.iter().map(|&d| d as i64).collect::<Vec<_>>()),
+                None => self.op_shape_of(value),
+            };
+            shapes.push(if own < rank {
+                let ones = self.const_i64(&vec![1; rank - own]);
+                self.add_node("Concat", &[&ones, &shape], vec![make_int("axis", 0)])
+            } else {
+                shape
+            });
+        }
+        let one = self.const_i64(&[1]);
+        let b_is_one = self.add_node("Equal", &[&shapes[1], &one], vec![]);
+        self.add_node("Where", &[&b_is_one, &shapes[0], &shapes[1]], vec![])
     }
 
     /// `x` reshaped to the runtime shape of `like` (no static dims baked in).

@@ -121,7 +121,6 @@ pub(super) fn emit(
         longest: longest.map(|longest| served_length(longest, len)),
         floor,
     };
-    let log_decay = graph.add_node("Max", &[&log_decay, &form.floor], vec![]);
     let chunked = solve(graph, &form, &log_decay, &input, seq, levels);
     // y_t = <h_t, C_t>, read out in the chunk layout, so that no [B, D, T, N] copy is made to
     // un-chunk the states (nor kept for the relevance pass to read its shape):
@@ -150,6 +149,7 @@ pub(super) fn emit(
     if !is_zero_fill(graph, &chain.h0) {
         // h0 decays from the first step on: exp(cumsum(log a)) h0 (every exponent <= 0).
         let time = graph.scalar_i64(2);
+        let log_decay = graph.add_node("Max", &[&log_decay, &form.floor], vec![]);
         let decayed = graph.add_node("CumSum", &[&log_decay, &time], vec![]);
         let decayed = graph.add_node("Exp", &[&decayed], vec![]);
         let h0 = cast(graph, &chain.h0);
@@ -231,7 +231,11 @@ fn solve(
     // Pad the time axis to whole chunks (at run time for a symbolic length). Padded steps have
     // log decay 0 and input 0: they change no state before them.
     let runtime = (symbolic || !seq.is_multiple_of(len)).then(|| {
-        let seq = layout::runtime_length(graph, input);
+        // Read off a small factor of the input (see `pad_steps`): a read of the input's own
+        // shape would keep the state-sized product alive once its padded copy replaces it.
+        let (carrier, rank) = time_carrier(graph, input, seq > 1);
+        let shape = graph.add_node("Shape", &[&carrier], vec![]);
+        let seq = graph.op_slice_signed(&shape, 0, rank as i64 - 2, rank as i64 - 1);
         let pad = layout::padding(graph, &seq, len);
         (seq, pad)
     });
@@ -244,17 +248,19 @@ fn solve(
     };
     let chunks_dim = if guard.is_some() { 1 } else { -1 };
     let chunk_shape = graph.const_i64(&[0, 0, chunks_dim, len as i64, n]);
-    let pads = runtime.as_ref().map(|(_, pad)| layout::pads(graph, pad, 4));
     let to_chunks = |graph: &mut Graph, value: &str| {
-        let value = match &pads {
-            Some(pads) => graph.add_node("Pad", &[value, pads], vec![]),
+        let value = match &runtime {
+            Some((_, pad)) => pad_steps(graph, value, pad, seq > 1),
             None => value.to_string(),
         };
         let hint = guard.as_deref().unwrap_or("Reshape");
         let reshaped = graph.add_node_named(hint, "Reshape", &[&value, &chunk_shape], 1, vec![]);
         reshaped.into_iter().next().expect("one output")
     };
+    // Every log decay entering a level is clamped (see the module doc); padded steps have log
+    // decay 0, above the floor.
     let log_decay = to_chunks(graph, log_decay);
+    let log_decay = graph.add_node("Max", &[&log_decay, &form.floor], vec![]);
     let input = to_chunks(graph, input);
 
     // Within chunks: `states = growth * cumsum(u / growth)` with growth = exp(lc - m). The
@@ -282,7 +288,6 @@ fn solve(
         // and the flattening Reshape takes its target from the shape the forward reads.
         let ends = graph.op_squeeze(&ends, &[3]);
         let spans = graph.op_squeeze(&total, &[3]);
-        let spans = graph.add_node("Max", &[&spans, &form.floor], vec![]);
         let above = solve(graph, form, &spans, &ends, chunks, levels - 1);
         let after = flatten_chunks(graph, &above.states, n);
         let after = trim(graph, &after, &above, (&after, 1));
@@ -300,4 +305,74 @@ fn solve(
     }
     let states = graph.add_node("Mul", &[&growth, &summed], vec![]);
     Chunked { states, runtime }
+}
+
+/// The factor of `value` that `pad_steps` would pad with the fewest elements, and its rank (its
+/// time axis is the one before last, the length of `value`'s).
+fn time_carrier(graph: &Graph, value: &str, split: bool) -> (String, usize) {
+    let size = |value: &str| {
+        graph
+            .shape(value)
+            .map_or(usize::MAX, |s| s.iter().product())
+    };
+    let rank = |value: &str| graph.shape(value).map_or(4, |s| s.len());
+    let mut best = value.to_string();
+    let mut pending = vec![value.to_string()];
+    while let Some(current) = pending.pop() {
+        if size(&current) < size(&best) {
+            best = current.clone();
+        }
+        let Some((_, node)) = graph.producer(&current) else {
+            continue;
+        };
+        if split && node.op_type() == "Mul" && node.input.len() == 2 {
+            for factor in &node.input {
+                let carries = graph
+                    .shape(factor)
+                    .is_ok_and(|s| s.len() >= 2 && s[s.len() - 2] > 1);
+                if carries {
+                    pending.push(factor.clone());
+                }
+            }
+        }
+    }
+    let rank = rank(&best);
+    (best, rank)
+}
+
+/// `value` (rank 4, time axis 2) with `pad` zero steps appended to its time axis. A `Pad` copies
+/// its whole input, and here that is a state-sized tensor, so when `value` is a product
+/// (`dt * A` for the log decay, `dt * B * u` for the input) the factors that carry the time axis
+/// are padded instead, recursively, and multiplied again: zeros times the finite factors that
+/// do not carry it are zeros, so the product of the padded factors is the padded product, and
+/// the pads fall on `[B, D, T, 1]` and `[B, 1, T, N]` operands. `split` is false when a time
+/// axis of size 1 cannot be told from a broadcast one (a length of 1).
+fn pad_steps(graph: &mut Graph, value: &str, pad: &str, split: bool) -> String {
+    let product = graph
+        .producer(value)
+        .filter(|(_, node)| split && node.op_type() == "Mul" && node.input.len() == 2)
+        .map(|(_, node)| [node.input[0].clone(), node.input[1].clone()]);
+    let carries_time = |graph: &Graph, operand: &str| {
+        graph
+            .shape(operand)
+            .map(|shape| shape.len() >= 2 && shape[shape.len() - 2] > 1)
+            .unwrap_or(true)
+    };
+    match product {
+        Some(factors) if factors.iter().all(|f| graph.shape(f).is_ok()) => {
+            let [a, b] = factors.map(|factor| {
+                if carries_time(graph, &factor) {
+                    pad_steps(graph, &factor, pad, split)
+                } else {
+                    factor
+                }
+            });
+            graph.add_node("Mul", &[&a, &b], vec![])
+        }
+        _ => {
+            let rank = graph.shape(value).map_or(4, |shape| shape.len());
+            let pads = layout::pads(graph, pad, rank);
+            graph.add_node("Pad", &[value, &pads], vec![])
+        }
+    }
 }
