@@ -199,6 +199,19 @@ def static_copy(path, batch, seq):
     return out
 
 
+def time_bound(sess, binding, runs):
+    """Median seconds of `runs` runs with inputs and outputs bound on the device, after one
+    warm-up run."""
+    sess.run_with_iobinding(binding)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def cuda_graph(path, batch, seq, runs, vocab):
     """The static-shape copy, timed with I/O bound on the GPU, without and with CUDA graphs."""
     import numpy as np
@@ -224,14 +237,8 @@ def cuda_graph(path, batch, seq, runs, vocab):
             for (name, _, _), value in zip(shapes, first):
                 binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_shape_and_type(
                     value.shape, value.dtype, "cuda", 0))
-            sess.run_with_iobinding(binding)  # warm-up (captures the graph when enabled)
-            times = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                sess.run_with_iobinding(binding)
-                binding.synchronize_outputs()
-                times.append(time.perf_counter() - t)
-            rows[f"cuda_graph_{graph}"] = dict(session_s=created, median_s=statistics.median(times))
+            # The warm-up captures the graph when enabled.
+            rows[f"cuda_graph_{graph}"] = dict(session_s=created, median_s=time_bound(sess, binding, runs))
             log(f"  static {batch}x{seq}, CUDA graph {graph}: session {created:.1f} s, "
                 f"median {rows[f'cuda_graph_{graph}']['median_s'] * 1e3:.1f} ms")
         except Exception as e:

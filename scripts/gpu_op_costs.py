@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
+
+from gpu_bench import time_bound
 
 
 def model(op, operands, attrs):
@@ -44,14 +44,7 @@ def time_model(blob, inputs, runs, device):
     for name, array in inputs.items():
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
     binding.bind_output("y", device)
-    sess.run_with_iobinding(binding)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return time_bound(sess, binding, runs) * 1e3
 
 
 def main():
