@@ -307,36 +307,43 @@ fn solve(
     Chunked { states, runtime }
 }
 
-/// The factor of `value` that `pad_steps` would pad with the fewest elements, and its rank (its
-/// time axis is the one before last, the length of `value`'s).
+/// The two factors of `value` when `pad_steps` splits it (a `Mul` of operands of known shapes;
+/// never when `split` is false), each with whether it carries the time axis (the one before
+/// last, longer than 1; a shorter one is broadcast along it).
+fn time_factors(graph: &Graph, value: &str, split: bool) -> Option<[(String, bool); 2]> {
+    let (_, node) = graph.producer(value)?;
+    if !split || node.op_type() != "Mul" || node.input.len() != 2 {
+        return None;
+    }
+    let factor = |operand: &String| {
+        let shape = graph.shape(operand).ok()?;
+        let carries = shape.len() >= 2 && shape[shape.len() - 2] > 1;
+        Some((operand.clone(), carries))
+    };
+    Some([factor(&node.input[0])?, factor(&node.input[1])?])
+}
+
+/// The factor of `value` that `pad_steps` pads with the fewest elements, and its rank (its time
+/// axis is the one before last, as long as `value`'s).
 fn time_carrier(graph: &Graph, value: &str, split: bool) -> (String, usize) {
     let size = |value: &str| {
         graph
             .shape(value)
             .map_or(usize::MAX, |s| s.iter().product())
     };
-    let rank = |value: &str| graph.shape(value).map_or(4, |s| s.len());
     let mut best = value.to_string();
     let mut pending = vec![value.to_string()];
     while let Some(current) = pending.pop() {
         if size(&current) < size(&best) {
             best = current.clone();
         }
-        let Some((_, node)) = graph.producer(&current) else {
-            continue;
-        };
-        if split && node.op_type() == "Mul" && node.input.len() == 2 {
-            for factor in &node.input {
-                let carries = graph
-                    .shape(factor)
-                    .is_ok_and(|s| s.len() >= 2 && s[s.len() - 2] > 1);
-                if carries {
-                    pending.push(factor.clone());
-                }
+        for (factor, carries) in time_factors(graph, &current, split).into_iter().flatten() {
+            if carries {
+                pending.push(factor);
             }
         }
     }
-    let rank = rank(&best);
+    let rank = graph.shape(&best).map_or(4, |s| s.len());
     (best, rank)
 }
 
@@ -348,20 +355,10 @@ fn time_carrier(graph: &Graph, value: &str, split: bool) -> (String, usize) {
 /// the pads fall on `[B, D, T, 1]` and `[B, 1, T, N]` operands. `split` is false when a time
 /// axis of size 1 cannot be told from a broadcast one (a length of 1).
 fn pad_steps(graph: &mut Graph, value: &str, pad: &str, split: bool) -> String {
-    let product = graph
-        .producer(value)
-        .filter(|(_, node)| split && node.op_type() == "Mul" && node.input.len() == 2)
-        .map(|(_, node)| [node.input[0].clone(), node.input[1].clone()]);
-    let carries_time = |graph: &Graph, operand: &str| {
-        graph
-            .shape(operand)
-            .map(|shape| shape.len() >= 2 && shape[shape.len() - 2] > 1)
-            .unwrap_or(true)
-    };
-    match product {
-        Some(factors) if factors.iter().all(|f| graph.shape(f).is_ok()) => {
-            let [a, b] = factors.map(|factor| {
-                if carries_time(graph, &factor) {
+    match time_factors(graph, value, split) {
+        Some(factors) => {
+            let [a, b] = factors.map(|(factor, carries)| {
+                if carries {
                     pad_steps(graph, &factor, pad, split)
                 } else {
                     factor
@@ -369,7 +366,7 @@ fn pad_steps(graph: &mut Graph, value: &str, pad: &str, split: bool) -> String {
             });
             graph.add_node("Mul", &[&a, &b], vec![])
         }
-        _ => {
+        None => {
             let rank = graph.shape(value).map_or(4, |shape| shape.len());
             let pads = layout::pads(graph, pad, rank);
             graph.add_node("Pad", &[value, &pads], vec![])
