@@ -37,6 +37,14 @@ pub struct Options {
     pub max_seq_len: Option<usize>,
 }
 
+impl Options {
+    /// The longest sequence the parallel form serves with a symbolic length.
+    pub fn longest_symbolic_length(&self) -> usize {
+        self.max_seq_len
+            .unwrap_or(crate::reroll::parallel::DEFAULT_MAX_SYMBOLIC_LENGTH)
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -395,10 +403,7 @@ impl Compilation {
         self.graph.sums_by_matmul = self.options.scan == ScanForm::Parallel;
         // Gradient x input needs the states to differentiate through dA and C.
         let keep_states = !self.options.rules.contains(rules::Rule::Ssm);
-        let longest = self
-            .options
-            .max_seq_len
-            .unwrap_or(crate::reroll::parallel::DEFAULT_MAX_SYMBOLIC_LENGTH);
+        let longest = self.options.longest_symbolic_length();
         let rerolled = reroll(
             &mut self.graph,
             self.options.scan,
@@ -653,9 +658,7 @@ impl Compilation {
                 && options.dynamic_sequence)
                 .then(|| {
                     crate::reroll::parallel::served_length(
-                        options
-                            .max_seq_len
-                            .unwrap_or(crate::reroll::parallel::DEFAULT_MAX_SYMBOLIC_LENGTH),
+                        options.longest_symbolic_length(),
                         self.chunk_len,
                     )
                 }),

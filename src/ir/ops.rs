@@ -134,6 +134,9 @@ impl Graph {
     /// default order runs such reads late), while the unpadded value's shape is one the forward
     /// pass reads anyway (see [`Graph::merge_duplicate_shapes`]).
     pub fn op_shape_of(&mut self, value: &str) -> String {
+        if let Some([a, b]) = self.padded_product(value) {
+            return self.op_broadcast_shapes(&a, &b);
+        }
         let padded = self.producer(value).and_then(|(_, node)| {
             let unpadded = node.op_type() == "Pad"
                 && node.input.len() >= 2
@@ -141,9 +144,6 @@ impl Graph {
             unpadded.then(|| (node.input[0].clone(), node.input[1].clone()))
         });
         let rank = self.shape(value).map(|s| s.len() as i64);
-        if let Some([a, b]) = self.padded_product(value) {
-            return self.op_broadcast_shapes(&a, &b);
-        }
         match (padded, rank) {
             (Some((inner, pads)), Ok(rank)) => {
                 let inner = self.op_shape_of(&inner);

@@ -95,8 +95,8 @@ pub struct Rerolled {
 /// `len` steps. With `symbolic_length` (`Some(longest)`) the time axis is padded at run time to
 /// whole chunks, and the parallel form serves lengths up to `longest` (the Scan forms serve
 /// any); otherwise the Scan forms take the largest divisor of the traced length up to `len`
-/// (the parallel form pads). With `keep_states` a Scan also outputs all states (the gradient x input
-/// backward needs them). The caller re-analyses the graph.
+/// (the parallel form pads). With `keep_states` a Scan also outputs all states (the gradient x
+/// input backward needs them). The caller re-analyses the graph.
 pub fn reroll(
     graph: &mut Graph,
     form: ScanForm,

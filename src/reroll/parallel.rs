@@ -10,9 +10,10 @@
 //! `H_k = G_k H_{k-1} + E_k`, over K = T/L elements: solved the same way, recursively, until one
 //! chunk holds everything (ceil(log_L T) levels for a fixed length; with a symbolic one, enough
 //! for the longest length the model serves, `--max-seq-len`, and a longer input stops the run at
-//! the top level's `Reshape`, which then has more than one chunk to hold). The state entering a chunk decays by exp(lc_t) = g_t * exp(m), so each level
-//! adds it inside the bracket: `h_t = g_t * (cumsum_{s<=t}(u_s / g_s) + exp(m) * H_{k-1})`, where
-//! exp(m) * H_{k-1} is one value per chunk, not per step. Finally `y_t = <h_t, C_t>`. Every op is
+//! the top level's `Reshape`, which then has more than one chunk to hold). The state entering a
+//! chunk decays by exp(lc_t) = g_t * exp(m), so each level adds it inside the bracket:
+//! `h_t = g_t * (cumsum_{s<=t}(u_s / g_s) + exp(m) * H_{k-1})`, where exp(m) * H_{k-1} is one
+//! value per chunk, not per step. Finally `y_t = <h_t, C_t>`. Every op is
 //! linear in u with frozen factors (dA and C are stop-gradients under the SSM rule), so the
 //! relevance pass is the transpose the autodiff derives from these ops: reverse CumSums, slices
 //! and pads. Per level that is 3 ops over every step for the factors (`CumSum`, `Sub`, `Exp`) and
