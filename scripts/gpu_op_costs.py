@@ -67,9 +67,22 @@ def main():
     i64 = lambda *v: np.array(v, np.int64)
     tri = np.tril(np.ones((l, l), np.float32))
     full = tuple(args.shape)
-    arrays = {"x": x, "other": y, "per_channel": per_channel, "per_step": per_step}
+    # The same elements with L last: [B, D, K, N, L].
+    x_steps_last = np.ascontiguousarray(x.transpose(0, 1, 2, 4, 3))
+    arrays = {"x": x, "other": y, "per_channel": per_channel, "per_step": per_step,
+              "x_steps_last": x_steps_last}
     X = ("x", full)
+    XT = ("x_steps_last", x_steps_last.shape)
+    last_step = rng.standard_normal([b, d, k, 1, n]).astype(np.float32)
+    per_token = rng.standard_normal([b, d, k * l, 1]).astype(np.float32)
+    arrays.update(last_step=last_step, per_token=per_token)
     cases = {
+        "Pad [B,D,K,1,N] -> L steps (the last one)": ("Pad", [("last_step", last_step.shape),
+                                                              ("pads", i64(0, 0, 0, l - 1, 0, 0, 0, 0, 0, 0))], {}),
+        "Pad [B,D,T,1] by one chunk of steps": ("Pad", [("per_token", per_token.shape),
+                                                       ("pads", i64(0, 0, 0, 0, 0, 0, l, 0))], {}),
+        "Expand [B,D,K,1,N] over L": ("Expand", [("last_step", last_step.shape), ("shape", i64(*full))], {}),
+        "Add [B,D,K,L,N] + [B,D,K,1,N] (broadcast)": ("Add", [X, ("last_step", last_step.shape)], {}),
         "Add (same shape)": ("Add", [X, ("other", full)], {}),
         "Mul (same shape)": ("Mul", [X, ("other", full)], {}),
         "Mul (by [B,D,K,L,1])": ("Mul", [X, ("per_channel", per_channel.shape)], {}),
@@ -83,6 +96,13 @@ def main():
         "Slice (all of K)": ("Slice", [X, ("starts", i64(0)), ("ends", i64(k)), ("axes", i64(2))], {}),
         "ReduceSum over N": ("ReduceSum", [X, ("axes", i64(4))], {"keepdims": 0}),
         "MatMul x @ ones[N,1] (= ReduceSum over N)": ("MatMul", [X, ("ones", np.ones((n, 1), np.float32))], {}),
+        "ReduceSum over L": ("ReduceSum", [X, ("axes", i64(3))], {"keepdims": 1}),
+        "MatMul ones[1,L] @ x (= ReduceSum over L)": ("MatMul", [("ones_row", np.ones((1, l), np.float32)), X], {}),
+        "Mul [B,D,K,L,1] by [B,1,K,L,N] (outer product)": ("Mul", [("per_channel", per_channel.shape),
+                                                                     ("per_step", per_step.shape)], {}),
+        "CumSum over L, L last ([B,D,K,N,L])": ("CumSum", [XT, ("axis", i64(4))], {}),
+        "MatMul x[..,N,L] @ triu[L,L] (= CumSum over L, L last)": ("MatMul", [XT, ("triu", np.ascontiguousarray(tri.T))], {}),
+        "ReduceSum over N, L last ([B,D,K,N,L])": ("ReduceSum", [XT, ("axes", i64(3))], {"keepdims": 1}),
         "Transpose (K and L swapped)": ("Transpose", [X], {"perm": [0, 1, 3, 2, 4]}),
     }
     results = {"shape": args.shape, "megabytes": x.nbytes / 1e6, "device": args.device, "ms": {}}

@@ -163,3 +163,95 @@ fn compact_and_unrolled_forms_agree_in_tract_and_onnxruntime() {
         }
     }
 }
+
+/// On a GPU the parallel form's time is the kernels that write a whole `[B, D, S, N]` state
+/// (about 0.12-0.4 ms each for the 130M model at 2048 tokens on an H200). Counted on the graph
+/// tract types at a fixed length, for the form the README recommends for GPUs (symbolic
+/// length, so the time axis is padded at run time): per layer, forward and relevance pass
+/// together, 23 such ops, and none of them a `Pad`, which ONNX Runtime's CUDA kernel runs at
+/// 4.7 ms for that size (the transpose of a slice of the states made one per layer). The
+/// re-rolled `dt * u` is a product with a frozen operand, not a gate.
+#[test]
+fn the_parallel_form_writes_few_state_sized_tensors_and_no_state_sized_pad() {
+    use tract_onnx::prelude::*;
+    const PER_LAYER: usize = 23;
+    for exporter in EXPORTERS {
+        let options = mambalrp::Options {
+            scan: ScanForm::Parallel,
+            chunk_len: Some(4),
+            dynamic_sequence: true,
+            max_seq_len: Some(64),
+            ..mambalrp::Options::default()
+        };
+        let compiled = mambalrp::compile(&load("small_untied", exporter), &options)
+            .unwrap_or_else(|e| panic!("compile failed: {e}"));
+        let layers = compiled.report.site_counts["ssm"];
+        assert_eq!(
+            compiled.report.site_counts["gate"], layers,
+            "{exporter}: one gate per block, no more: {:?}",
+            compiled.report.sites
+        );
+        let mut bytes = Vec::new();
+        prost::Message::encode(&compiled.model, &mut bytes).unwrap();
+        let (batch, seq) = (2, 16);
+        let typed = tract_onnx::onnx()
+            .model_for_read(&mut bytes.as_slice())
+            .and_then(|mut m| {
+                m.set_input_fact(0, InferenceFact::dt_shape(i64::datum_type(), [batch, seq]))?;
+                m.into_typed()
+            })
+            .unwrap_or_else(|e| panic!("{exporter}: tract: {e:?}"));
+        let volume = |fact: &TypedFact| {
+            fact.shape
+                .as_concrete()
+                .map(|s| s.iter().product::<usize>())
+        };
+        let written: Vec<(String, String, usize)> = typed
+            .nodes()
+            .iter()
+            .filter_map(|node| {
+                let size = volume(&node.outputs.first()?.fact)?;
+                Some((node.name.clone(), node.op.name().to_string(), size))
+            })
+            .collect();
+        // The state: what the scan's cumulative sums run over.
+        let state = written
+            .iter()
+            .filter(|(_, op, _)| op.contains("CumSum"))
+            .map(|(_, _, size)| *size)
+            .max()
+            .expect("the parallel form sums cumulatively");
+        // Reshapes and axis moves alias their input in ONNX Runtime.
+        let aliases = [
+            "AxisOp",
+            "Reshape",
+            "Squeeze",
+            "Unsqueeze",
+            "Identity",
+            "Const",
+            "Source",
+        ];
+        let state_sized: Vec<&(String, String, usize)> = written
+            .iter()
+            .filter(|(_, op, size)| *size >= state && !aliases.iter().any(|a| op.contains(a)))
+            .collect();
+        let listing = || {
+            state_sized
+                .iter()
+                .map(|(name, op, _)| format!("{op} {name}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            state_sized.iter().all(|(_, op, _)| !op.contains("Pad")),
+            "{exporter}: a state-sized Pad:\n{}",
+            listing()
+        );
+        assert!(
+            state_sized.len() <= PER_LAYER * layers,
+            "{exporter}: {} state-sized ops for {layers} layers (at most {PER_LAYER} each):\n{}",
+            state_sized.len(),
+            listing()
+        );
+    }
+}

@@ -7,7 +7,7 @@ pub(crate) mod remat;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-pub use path::input_dependent;
+pub use path::{input_dependent, still_dependent};
 
 use crate::error::{Error, Result};
 use crate::ir::{node_key, Edge, Graph};
@@ -43,6 +43,10 @@ impl Modifiers {
 #[derive(Debug, Clone)]
 pub enum Contribution {
     Full(String),
+    /// A gradient whose shape broadcasts to the value's (the transpose of a sum, its reduced
+    /// axes kept as 1): added to the value's other gradients by broadcasting, so the spread
+    /// copy is made only when nothing else reaches the value.
+    Spread(String),
     /// The gradient of the slice `value[.., index, ..]` (axis `axis`), from a scalar-index Gather.
     Piece {
         axis: usize,
@@ -152,11 +156,12 @@ impl Gradients {
         let Some(parts) = self.pending.remove(value) else {
             return Ok(None);
         };
-        let mut full = Vec::new();
+        let (mut full, mut spread) = (Vec::new(), Vec::new());
         let mut pieces: BTreeMap<usize, BTreeMap<usize, Vec<String>>> = BTreeMap::new();
         for part in parts {
             match part {
                 Contribution::Full(v) => full.push(v),
+                Contribution::Spread(v) => spread.push(v),
                 Contribution::Piece { axis, index, value } => pieces
                     .entry(axis)
                     .or_default()
@@ -165,10 +170,18 @@ impl Gradients {
                     .push(value),
             }
         }
-        let shape = graph.shape(value)?.to_vec();
-        for (axis, by_index) in pieces {
-            full.push(assemble_pieces(graph, value, &shape, axis, by_index)?);
+        if !pieces.is_empty() {
+            let shape = graph.shape(value)?.to_vec();
+            for (axis, by_index) in pieces {
+                full.push(assemble_pieces(graph, value, &shape, axis, by_index)?);
+            }
         }
+        if full.is_empty() {
+            let first = spread.remove(0);
+            full.push(graph.op_expand_like(&first, value));
+        }
+        // Full-size terms first: each Add then has the value's shape.
+        full.extend(spread);
         let total = graph.op_sum(&full);
         self.cotangents.insert(value.to_string(), total.clone());
         Ok(Some(total))

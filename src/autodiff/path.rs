@@ -3,7 +3,7 @@ use std::collections::HashSet;
 
 use super::Modifiers;
 use crate::error::Result;
-use crate::ir::{topo, Graph};
+use crate::ir::{topo, Edge, Graph};
 
 /// Float values carry relevance; a value of unknown type is assumed to, so that a gap in type
 /// inference surfaces as an error naming it rather than as a silently empty path. A shape
@@ -39,6 +39,43 @@ pub fn carrying_values(
 /// Values that depend on `source` at all (no rule applied): what the matchers call data.
 pub fn input_dependent(graph: &Graph, source: &str) -> Result<HashSet<String>> {
     carrying_values(graph, source, &Modifiers::default())
+}
+
+/// The values of `dependent` (everything computed from the explained input) that still depend
+/// on it when nothing flows along `stops`: the SSM rule's frozen dt, B and C, and the products
+/// of them alone, drop out.
+pub fn still_dependent(
+    graph: &Graph,
+    dependent: &HashSet<String>,
+    stops: &HashSet<Edge>,
+) -> Result<HashSet<String>> {
+    // The input itself: a dependent value whose producer (if any) reads nothing dependent.
+    let mut kept: HashSet<String> = dependent
+        .iter()
+        .filter(|v| {
+            graph
+                .producer(v)
+                .is_none_or(|(_, node)| !node.input.iter().any(|i| dependent.contains(i)))
+        })
+        .cloned()
+        .collect();
+    for index in topo::order(graph)? {
+        let node = graph.node(index);
+        let fed = node
+            .input
+            .iter()
+            .enumerate()
+            .any(|(slot, i)| kept.contains(i) && !stops.contains(&Edge::of(node, slot)));
+        if fed {
+            kept.extend(
+                node.output
+                    .iter()
+                    .filter(|o| dependent.contains(*o))
+                    .cloned(),
+            );
+        }
+    }
+    Ok(kept)
 }
 
 /// Nodes, in topological order, that lie between the source and the seeds: some output is needed

@@ -310,4 +310,9 @@ impl Vjp {
     pub fn full(&mut self, slot: usize, value: String) {
         self.contributions.push((slot, Contribution::Full(value)));
     }
+
+    /// A contribution that broadcasts to the input's shape (see [`Contribution::Spread`]).
+    pub fn spread(&mut self, slot: usize, value: String) {
+        self.contributions.push((slot, Contribution::Spread(value)));
+    }
 }

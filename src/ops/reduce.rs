@@ -80,7 +80,7 @@ fn infer_arg_reduce(
 }
 
 /// ReduceSum spreads the cotangent back over the reduced axes; ReduceMean also divides it by
-/// their size.
+/// their size. The spreading is left to broadcasting where the input has other gradients.
 fn reduce_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let node = step.node;
     let Attrs::Reduce(reduce) = step.attrs else {
@@ -95,13 +95,14 @@ fn reduce_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
         let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
         graph.op_unsqueeze(&g, &axes)
     };
-    let mut spread = graph.op_expand_like(&kept, &node.input[0]);
+    let mut spread = kept;
     if node.op_type() == "ReduceMean" {
         let count: usize = axes.iter().map(|&a| shape[a]).product();
         spread = graph.op_scale(&spread, 1.0 / count.max(1) as f32);
     }
+    // Not expanded here: the other gradients of the input broadcast it when they add it.
     let mut vjp = Vjp::default();
-    vjp.full(0, spread);
+    vjp.spread(0, spread);
     Ok(vjp)
 }
 

@@ -28,7 +28,7 @@ fn elementwise_product(graph: &Graph, node: &crate::onnx::proto::NodeProto) -> R
 
 pub fn find(
     graph: &Graph,
-    input_dependent: &HashSet<String>,
+    carrying: &HashSet<String>,
     silu_products: &HashMap<String, String>,
     matches: &mut Matches,
 ) {
@@ -46,7 +46,7 @@ pub fn find(
             }
             let other = skip_noops(graph, &node.input[1 - slot]);
             let gate_input = &silu_products[gate];
-            if !input_dependent.contains(gate_input.as_str()) {
+            if !carrying.contains(gate_input.as_str()) {
                 // Only `other` carries relevance: the product is already linear, and halving
                 // its gradient would lose half the relevance.
                 matches.rejections.push(Rejection {
@@ -54,16 +54,15 @@ pub fn find(
                     node: node.name().to_string(),
                     reason: format!("multiplies '{other}' by SiLU '{gate}' of '{gate_input}', which does not depend on the input (already linear)"),
                 });
-            } else if let (true, Err(why)) = (
-                input_dependent.contains(other),
-                elementwise_product(graph, node),
-            ) {
+            } else if let (true, Err(why)) =
+                (carrying.contains(other), elementwise_product(graph, node))
+            {
                 matches.rejections.push(Rejection {
                     rule: Rule::Gate,
                     node: node.name().to_string(),
                     reason: format!("multiplies SiLU '{gate}' by '{other}', but {why}"),
                 });
-            } else if input_dependent.contains(other) {
+            } else if carrying.contains(other) {
                 matches.sites.push(Site {
                     rule: Rule::Gate,
                     node: node.name().to_string(),
@@ -74,7 +73,7 @@ pub fn find(
                 matches.rejections.push(Rejection {
                     rule: Rule::Gate,
                     node: node.name().to_string(),
-                    reason: format!("multiplies SiLU '{gate}' by '{other}', which does not depend on the input (already linear)"),
+                    reason: format!("multiplies SiLU '{gate}' by '{other}', which does not depend on the input (already linear; dt, B and C count as constants under the SSM rule)"),
                 });
             }
             break;

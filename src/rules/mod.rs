@@ -192,6 +192,19 @@ pub fn match_all(graph: &Graph, input_dependent: &HashSet<String>) -> Matches {
     let silu_products = silu::find(graph, &mut matches);
     norm::find(graph, &mut matches);
     ssm::find(graph, &mut matches);
-    gate::find(graph, input_dependent, &silu_products, &mut matches);
+    // A product with dt, B or C (the re-rolled scan's `dt * u`) multiplies one carrying tensor:
+    // it is linear under the SSM rule, not a gate.
+    let frozen: HashSet<Edge> = matches
+        .sites
+        .iter()
+        .filter_map(|site| match &site.effect {
+            Effect::StopGradient(edges) if site.rule == Rule::Ssm => Some(edges.iter().cloned()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let carrying = crate::autodiff::still_dependent(graph, input_dependent, &frozen)
+        .unwrap_or_else(|_| input_dependent.clone());
+    gate::find(graph, &carrying, &silu_products, &mut matches);
     matches
 }
