@@ -73,7 +73,7 @@ pub fn find(
                 matches.rejections.push(Rejection {
                     rule: Rule::Gate,
                     node: node.name().to_string(),
-                    reason: format!("multiplies SiLU '{gate}' by '{other}', which does not depend on the input (already linear; dt, B and C count as constants under the SSM rule)"),
+                    reason: format!("multiplies SiLU '{gate}' by '{other}', which does not depend on the input (already linear): dt, B and C count as constants under the SSM rule"),
                 });
             }
             break;
