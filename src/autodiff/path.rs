@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use super::Modifiers;
 use crate::error::Result;
 use crate::ir::{topo, Edge, Graph};
+use crate::onnx::proto::NodeProto;
 
 /// Float values carry relevance; a value of unknown type is assumed to, so that a gap in type
 /// inference surfaces as an error naming it rather than as a silently empty path. A shape
@@ -21,19 +22,12 @@ pub fn carrying_values(
     source: &str,
     modifiers: &Modifiers,
 ) -> Result<HashSet<String>> {
-    let mut carrying = HashSet::from([source.to_string()]);
-    for index in topo::order(graph)? {
-        let node = graph.node(index);
-        let fed = node
-            .input
-            .iter()
-            .enumerate()
-            .any(|(slot, i)| carrying.contains(i) && !modifiers.stops(node, slot));
-        if fed {
-            carrying.extend(node.output.iter().filter(|o| is_float(graph, o)).cloned());
-        }
-    }
-    Ok(carrying)
+    reached_from(
+        graph,
+        HashSet::from([source.to_string()]),
+        |node, slot| !modifiers.stops(node, slot),
+        |output| is_float(graph, output),
+    )
 }
 
 /// Values that depend on `source` at all (no rule applied): what the matchers call data.
@@ -50,7 +44,7 @@ pub fn still_dependent(
     stops: &HashSet<Edge>,
 ) -> Result<HashSet<String>> {
     // The input itself: a dependent value whose producer (if any) reads nothing dependent.
-    let mut kept: HashSet<String> = dependent
+    let roots = dependent
         .iter()
         .filter(|v| {
             graph
@@ -59,23 +53,35 @@ pub fn still_dependent(
         })
         .cloned()
         .collect();
+    reached_from(
+        graph,
+        roots,
+        |node, slot| !stops.contains(&Edge::of(node, slot)),
+        |output| dependent.contains(output),
+    )
+}
+
+/// `start` and the outputs (those `keep` takes) of every node that reads a value already
+/// reached through an input slot that `open` lets through, in topological order.
+fn reached_from(
+    graph: &Graph,
+    mut reached: HashSet<String>,
+    open: impl Fn(&NodeProto, usize) -> bool,
+    keep: impl Fn(&str) -> bool,
+) -> Result<HashSet<String>> {
     for index in topo::order(graph)? {
         let node = graph.node(index);
         let fed = node
             .input
             .iter()
             .enumerate()
-            .any(|(slot, i)| kept.contains(i) && !stops.contains(&Edge::of(node, slot)));
+            .any(|(slot, i)| reached.contains(i) && open(node, slot));
         if fed {
-            kept.extend(
-                node.output
-                    .iter()
-                    .filter(|o| dependent.contains(*o))
-                    .cloned(),
-            );
+            let outputs: Vec<String> = node.output.iter().filter(|o| keep(o)).cloned().collect();
+            reached.extend(outputs);
         }
     }
-    Ok(kept)
+    Ok(reached)
 }
 
 /// Nodes, in topological order, that lie between the source and the seeds: some output is needed
