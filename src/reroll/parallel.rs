@@ -429,8 +429,8 @@ fn time_carrier(graph: &Graph, value: &str, split: bool) -> (String, usize) {
 /// product (`dt * A` for the log decay, `(dt * u) * B` for the input) the factors that carry
 /// the time axis are padded instead, recursively, and multiplied again: zeros times the finite
 /// factors that do not carry it are zeros, so the product of the padded factors is the padded
-/// product, and the pads fall on `[B, D, T, 1]` and `[B, 1, T, N]` operands. `split` is false when a time
-/// axis of size 1 cannot be told from a broadcast one (a length of 1).
+/// product, and the pads fall on `[B, D, T, 1]` and `[B, 1, T, N]` operands. `split` is false
+/// when a time axis of size 1 cannot be told from a broadcast one (a length of 1).
 fn pad_steps(graph: &mut Graph, value: &str, pad: &str, split: bool) -> String {
     match time_factors(graph, value, split) {
         Some(factors) => {
