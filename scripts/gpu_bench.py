@@ -23,8 +23,9 @@ What it does, in one process per step so that every figure is measured alone:
     CUDA kernels: the slow path), for the ratio.
 With `--cuda-graph BxS`, the parallel form is also run with its input fixed at that shape (I/O
 bound on the GPU), without and with ONNX Runtime's CUDA graph capture.
-`--step fp16 --forms FORM --cases ...` compiles the float16 export too and compares it with
-the float32 one: time per case and the relevance error.
+`--step fp16 --forms FORM --cases ...` compiles the float16 export too, as exported and with
+`--precision float32`, and compares both with the float32 one: time per case and the relevance
+error.
 With `--profile BxS`, per form one more process runs that case with ONNX Runtime's profiler:
 kernel time and node count per op type and provider (CPU fallbacks show as `@CPU`).
 Writes DIR/gpu_bench.json and prints a Markdown table (README's GPU table).
@@ -93,22 +94,26 @@ def export(out_dir, size, half=False):
     return path
 
 
-def compile_form(compiler, model, form, out_dir):
-    """`form` is a scan form with optional suffixes: `+mbN` adds `--micro-batch N`, `+maxN`
-    `--max-seq-len N` (e.g. parallel+mb1+max4096)."""
+def form_args(form):
+    """The compiler's flags for `form`: a scan form with optional suffixes: `+mbN` adds
+    `--micro-batch N`, `+maxN` `--max-seq-len N` (e.g. parallel+mb1+max4096)."""
     scan, *suffixes = form.split("+")
-    extra = []
+    args = ["--scan", scan]
     for suffix in suffixes:
         if suffix.startswith("mb"):
-            extra += ["--micro-batch", suffix[2:]]
+            args += ["--micro-batch", suffix[2:]]
         elif suffix.startswith("max"):
-            extra += ["--max-seq-len", suffix[3:]]
+            args += ["--max-seq-len", suffix[3:]]
         else:
             raise SystemExit(f"unknown form suffix +{suffix} in {form}")
+    return args
+
+
+def compile_form(compiler, model, form, out_dir):
     out = os.path.join(out_dir, f"lrp_{form.replace('+', '_')}.onnx")
     t = time.perf_counter()
-    subprocess.run([compiler, model, "-o", out, "--scan", scan, "--no-verify", "--dynamic-seq",
-                    "--dynamic-batch", *extra], check=True)
+    subprocess.run([compiler, model, "-o", out, *form_args(form), "--no-verify", "--dynamic-seq",
+                    "--dynamic-batch"], check=True)
     return out, time.perf_counter() - t
 
 
@@ -276,66 +281,82 @@ def torch_relevance(size, ids, target):
     return result
 
 
+# The float16 comparison's models: (name, half-precision export, compiler flags).
+FP16_VARIANTS = [
+    ("fp32", False, []),
+    ("fp16", True, []),
+    ("fp16_widened", True, ["--precision", "float32"]),
+]
+
+
 def fp16_compare(compiler, out_dir, size, form, cases, runs, vocab):
-    """The float16 export compiled as `form`, against the float32 one: time per case and the
-    relevance error, max |R16 - R32| / max |R32| per sample (relevance outputs are float32), both
-    explaining the float32 model's argmax (whether the float16 argmax agrees is reported)."""
+    """The float16 export compiled as `form`, as exported and with `--precision float32`,
+    against the float32 one: time per case and the relevance error, max |R - R32| / max |R32|
+    per sample (relevance outputs are float32), all explaining the float32 model's argmax
+    (whether the float16 argmax agrees is reported)."""
     import numpy as np
     import onnxruntime as ort
 
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
     compiled = {}
-    for half in (False, True):
+    for name, half, flags in FP16_VARIANTS:
         model = export(out_dir, size, half)
-        out = os.path.join(out_dir, f"lrp_{form}_{'fp16' if half else 'fp32'}.onnx")
-        # One explained class for both (fed as lrp_target): the argmax may differ between them.
-        subprocess.run([compiler, model, "-o", out, "--scan", form, "--no-verify", "--dynamic-seq",
-                        "--dynamic-batch", "--target", "input"], check=True)
-        compiled[half] = ort.InferenceSession(out, providers=[("CUDAExecutionProvider", {"use_tf32": "0"}),
-                                                              "CPUExecutionProvider"])
+        out = os.path.join(out_dir, f"lrp_{form.replace('+', '_')}_{name}.onnx")
+        # One explained class for all (fed as lrp_target): the argmax may differ between them.
+        subprocess.run([compiler, model, "-o", out, *form_args(form), "--no-verify", "--dynamic-seq",
+                        "--dynamic-batch", "--target", "input", *flags], check=True)
+        compiled[name] = ort.InferenceSession(
+            out, providers=[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"])
     rows = []
     for batch, seq in cases:
         ids = np.random.default_rng(seq + batch).integers(0, vocab, (batch, seq), dtype=np.int64)
         row = dict(batch=batch, seq=seq)
         argmax = {}
-        for half, sess in compiled.items():  # each model's own argmax at the last position
+        for name, sess in compiled.items():  # each model's own argmax at the last position
             logits = sess.run(["logits"], {"input_ids": ids, "lrp_target": np.zeros(batch, np.int64)})[0]
-            argmax[half] = logits[:, -1].astype(np.float32).argmax(-1).astype(np.int64)
-        row["argmax_agrees"] = bool((argmax[False] == argmax[True]).all())
-        feed = {"input_ids": ids, "lrp_target": argmax[False]}
+            argmax[name] = logits[:, -1].astype(np.float32).argmax(-1).astype(np.int64)
+        row["argmax_agrees"] = bool((argmax["fp32"] == argmax["fp16"]).all())
+        row["widened_argmax_agrees"] = bool((argmax["fp32"] == argmax["fp16_widened"]).all())
+        feed = {"input_ids": ids, "lrp_target": argmax["fp32"]}
         named = {}
-        for half, sess in compiled.items():
+        for name, sess in compiled.items():
             outputs = sess.run(None, feed)
             times = []
             for _ in range(runs):
                 t = time.perf_counter()
                 outputs = sess.run(None, feed)
                 times.append(time.perf_counter() - t)
-            named[half] = dict(zip([o.name for o in sess.get_outputs()], outputs))
-            row[f"{'fp16' if half else 'fp32'}_median_s"] = statistics.median(times)
-        r32, r16 = named[False]["relevance"], named[True]["relevance"]
+            named[name] = dict(zip([o.name for o in sess.get_outputs()], outputs))
+            row[f"{name}_median_s"] = statistics.median(times)
+        r32, r16, rw = (named[n]["relevance"] for n in ("fp32", "fp16", "fp16_widened"))
         row["relevance_dtype"] = str(r16.dtype)
         row["relative_error"] = relative_error(r16, r32)
+        row["widened_relative_error"] = relative_error(rw, r32)
+        row["widened_logits_dtype"] = str(named["fp16_widened"]["logits"].dtype)
         # The same comparison in PyTorch (models/mamba_lrp.py, the rules as detaches, same
         # weights, ids and target): how far float16 arithmetic itself moves MambaLRP, and how
         # far the compiled float16 model is from PyTorch's float16 MambaLRP.
         try:
-            torch_rel = torch_relevance(size, ids, argmax[False])
+            torch_rel = torch_relevance(size, ids, argmax["fp32"])
             row["torch_fp16_vs_fp32"] = relative_error(torch_rel[True], torch_rel[False])
             row["compiled_fp16_vs_torch_fp16"] = relative_error(r16, torch_rel[True])
             row["compiled_fp32_vs_torch_fp32"] = relative_error(r32, torch_rel[False])
+            row["compiled_widened_vs_torch_fp32"] = relative_error(rw, torch_rel[False])
             log(f"  PyTorch MambaLRP fp16 vs fp32: {row['torch_fp16_vs_fp32']:.1e}; compiled fp16 vs "
                 f"PyTorch fp16: {row['compiled_fp16_vs_torch_fp16']:.1e}; compiled fp32 vs PyTorch fp32: "
-                f"{row['compiled_fp32_vs_torch_fp32']:.1e}")
+                f"{row['compiled_fp32_vs_torch_fp32']:.1e}; compiled fp16 --precision float32 vs "
+                f"PyTorch fp32: {row['compiled_widened_vs_torch_fp32']:.1e}")
         except Exception as e:  # the ONNX Runtime figures stand without it
             row["torch_error"] = str(e).splitlines()[0][:300]
             log(f"  PyTorch comparison failed: {row['torch_error']}")
         rows.append(row)
-        log(f"  {form} fp16 {batch}x{seq}: {row['fp16_median_s'] * 1e3:.1f} ms (fp32 "
-            f"{row['fp32_median_s'] * 1e3:.1f} ms), relevance {row['relevance_dtype']}, "
-            f"error vs fp32 {row['relative_error']:.1e} (the fp32 argmax explained in both; "
-            f"argmax {'agrees' if row['argmax_agrees'] else 'differs'})")
+        log(f"  {form} fp16 {batch}x{seq}: {row['fp16_median_s'] * 1e3:.1f} ms, --precision float32 "
+            f"{row['fp16_widened_median_s'] * 1e3:.1f} ms (fp32 {row['fp32_median_s'] * 1e3:.1f} ms), "
+            f"relevance {row['relevance_dtype']}, error vs fp32 {row['relative_error']:.1e}, with "
+            f"--precision float32 {row['widened_relative_error']:.1e} (the fp32 argmax explained in all; "
+            f"fp16 argmax {'agrees' if row['argmax_agrees'] else 'differs'}, widened "
+            f"{'agrees' if row['widened_argmax_agrees'] else 'differs'})")
     return dict(form=form, cases=rows)
 
 

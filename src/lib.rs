@@ -21,5 +21,5 @@ pub mod reroll;
 pub mod rules;
 pub mod verify;
 
-pub use compile::{compile, compile_owned, CompileReport, Compiled, Options};
+pub use compile::{compile, compile_owned, CompileReport, Compiled, Options, Precision};
 pub use error::{Error, Result};

@@ -16,8 +16,12 @@ use crate::onnx::Tensor;
 #[derive(Debug, Clone)]
 pub struct VerifySettings {
     pub runtime: Runtime,
-    /// The float type the model computes in (ONNX data type code).
+    /// The float type the compiled model computes in: what conservation can resolve.
     pub float_type: DType,
+    /// The float type the original model computes in: its outputs' rounding, which the
+    /// comparison of the original outputs allows for (the same as `float_type` unless the
+    /// compiler widened a half-precision export to float32).
+    pub original_float_type: DType,
     /// Relative bound on original outputs; `None`: [`default_output_tolerance`].
     pub output_tolerance: Option<f32>,
     /// Largest relative conservation residual; `None`: [`default_conservation_tolerance`].
@@ -132,7 +136,7 @@ pub fn verify(
         .fold(0.0f32, max_or_nan);
     let mut settings = settings.clone();
     if settings.output_tolerance.is_none() {
-        let default = default_output_tolerance(settings.float_type, settings.depth);
+        let default = default_output_tolerance(settings.original_float_type, settings.depth);
         settings.output_tolerance = Some(default.max(sensitivity));
     }
     let mut again = judge(&as_written, &outputs, &settings)?;
@@ -149,7 +153,7 @@ pub fn judge(
 ) -> Result<VerifyReport> {
     let output_tolerance = settings
         .output_tolerance
-        .unwrap_or_else(|| default_output_tolerance(settings.float_type, settings.depth));
+        .unwrap_or_else(|| default_output_tolerance(settings.original_float_type, settings.depth));
     let checks = compare_outputs(reference, outputs, output_tolerance);
     let mut failed: Vec<FailedCheck> = checks
         .iter()

@@ -11,7 +11,7 @@ use mambalrp::rules::{PatchRule, RuleSet, SiluRule};
 use mambalrp::verify::{
     self, FailedCheck, ModelSource, Runtime, RuntimeChoice, StagingFolder, VerifyReport,
 };
-use mambalrp::{compile_owned, onnx, CompileReport, Options};
+use mambalrp::{compile_owned, onnx, CompileReport, Options, Precision};
 
 use crate::Outcome;
 
@@ -99,6 +99,12 @@ pub struct CompileArgs {
     /// Store the weights in OUTPUT.data next to the model (automatic above 2 GiB).
     #[arg(long)]
     external_data: bool,
+    /// What the compiled model computes in: as-exported, or float32 (a float16 or bfloat16
+    /// export's weights widened exactly and every activation, output and relevance float32:
+    /// relevance then agrees with the float32 model to about 1e-4, where half precision's own
+    /// rounding moves it by 10-20%; the weights take twice the memory).
+    #[arg(long, value_enum, default_value_t = Precision::AsExported)]
+    precision: Precision,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -222,6 +228,7 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<Outcome> {
             let settings = verify::VerifySettings {
                 runtime: *runtime,
                 float_type: report.float_type,
+                original_float_type: report.exported_float_type,
                 output_tolerance: args.output_tolerance,
                 conservation_tolerance: args.tolerance,
                 expect_conservation: options.rules.is_complete(),
@@ -342,6 +349,7 @@ fn compile_options(args: &CompileArgs) -> Options {
         dynamic_batch: args.dynamic_batch,
         micro_batch: args.micro_batch.map(usize::from),
         max_seq_len: args.max_seq_len.map(|n| n as usize),
+        precision: args.precision,
     }
 }
 
