@@ -217,6 +217,35 @@ def time_bound(sess, binding, runs):
     return statistics.median(times)
 
 
+def time_device_outputs(sess, ids, outputs, runs):
+    """Median seconds per run with the input and outputs bound to GPU buffers (`bound_s`), and
+    with the outputs then copied into page-locked host buffers (`pinned_s`): what a server that
+    keeps its buffers pays, against `sess.run`'s copies into pageable numpy arrays."""
+    import torch
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+    names = [o.name for o in sess.get_outputs()]
+    device = [torch.empty(v.shape, dtype=dtypes[str(v.dtype)], device="cuda") for v in outputs]
+    host = [torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for v in device]
+    ids_gpu = torch.from_numpy(ids).to("cuda")
+    binding = sess.io_binding()
+    binding.bind_input("input_ids", "cuda", 0, ids.dtype, list(ids.shape), ids_gpu.data_ptr())
+    for name, value, numpy in zip(names, device, outputs):
+        binding.bind_output(name, "cuda", 0, numpy.dtype, list(numpy.shape), value.data_ptr())
+    torch.cuda.synchronize()
+    bound = time_bound(sess, binding, runs)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        for h, d in zip(host, device):
+            h.copy_(d, non_blocking=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return dict(bound_s=bound, pinned_s=statistics.median(times))
+
+
 def cuda_graph(path, batch, seq, runs, vocab):
     """The static-shape copy, timed with I/O bound on the GPU, without and with CUDA graphs."""
     import numpy as np
@@ -306,8 +335,7 @@ def fp16_compare(compiler, out_dir, size, form, cases, runs, vocab):
         # One explained class for all (fed as lrp_target): the argmax may differ between them.
         subprocess.run([compiler, model, "-o", out, *form_args(form), "--no-verify", "--dynamic-seq",
                         "--dynamic-batch", "--target", "input", *flags], check=True)
-        compiled[name] = ort.InferenceSession(
-            out, providers=[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"])
+        compiled[name], _ = session(out, 0, ["CUDAExecutionProvider"])
     rows = []
     for batch, seq in cases:
         ids = np.random.default_rng(seq + batch).integers(0, vocab, (batch, seq), dtype=np.int64)
@@ -385,10 +413,17 @@ def run_cases(path, tf32, cases, runs, vocab):
         logit = named["relevance_target_logit"].astype(np.float64)
         total = named["relevance"].astype(np.float64).sum(-1) + named["relevance_bias"].astype(np.float64)
         residual = float((np.abs(logit - total) / np.maximum(np.abs(logit), 1.0)).max())
-        rows.append(dict(batch=batch, seq=seq, median_s=statistics.median(times), min_s=min(times),
-                         residual=residual, gpu_mib=gpu_memory_mib()))
-        log(f"  {batch}x{seq}: median {rows[-1]['median_s'] * 1e3:.1f} ms, residual {residual:.1e}, "
-            f"GPU memory in use {rows[-1]['gpu_mib']} MiB")
+        row = dict(batch=batch, seq=seq, median_s=statistics.median(times), min_s=min(times),
+                   residual=residual, gpu_mib=gpu_memory_mib())
+        try:
+            row.update(time_device_outputs(sess, ids, outputs, runs))
+        except Exception as e:  # torch without CUDA, say: the fetched figure stands alone
+            row["device_outputs_error"] = str(e).splitlines()[0][:300]
+        rows.append(row)
+        log(f"  {batch}x{seq}: median {row['median_s'] * 1e3:.1f} ms, residual {residual:.1e}, "
+            f"GPU memory in use {row['gpu_mib']} MiB; outputs left on the GPU "
+            f"{row.get('bound_s', float('nan')) * 1e3:.1f} ms, copied to pinned host memory "
+            f"{row.get('pinned_s', float('nan')) * 1e3:.1f} ms")
     return dict(session_s=created, providers=sess.get_providers(), cases=rows)
 
 
@@ -428,8 +463,8 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--step", choices=["all", "ort", "torch", "profile", "cudagraph", "fp16"], default="all",
                    help="fp16: only the float16 export against the float32 one (first of --forms)")
-    p.add_argument("--cuda-graph", help="a case (BxS): the parallel form with its input fixed at that "
-                   "shape, timed without and with ONNX Runtime's CUDA graph capture")
+    p.add_argument("--cuda-graph", nargs="+", help="cases (BxS): the parallel form with its input fixed "
+                   "at each shape, timed without and with ONNX Runtime's CUDA graph capture")
     p.add_argument("--profile", help="a case (BxS) to profile per form: kernel time per op and provider")
     p.add_argument("--model", help="an export to use instead of exporting (step ort)")
     p.add_argument("--tf32", type=int, choices=[0, 1])
@@ -457,8 +492,8 @@ def main():
                                       vocab)), file=open(os.path.join(args.out, "fp16.json"), "w"))
         return
     if args.step == "cudagraph":
-        batch, seq = cases[0]
-        print(json.dumps(cuda_graph(args.model, batch, seq, args.runs, vocab)), file=open(
+        rows = {f"{b}x{s}": cuda_graph(args.model, b, s, args.runs, vocab) for b, s in cases}
+        print(json.dumps(rows), file=open(
             os.path.join(args.out, f"cudagraph_{os.path.basename(args.model)}.json"), "w"))
         return
     if args.step == "profile":
@@ -521,11 +556,12 @@ def main():
                 log(f"  run {prof['run_ms']:.1f} ms, {prof['kernels']} kernels, {prof['kernel_ms']:.1f} ms kernel time")
                 for op, v in list(prof["by_op"].items())[:12]:
                     log(f"    {op}: {v['nodes']} nodes, {v['ms']:.1f} ms")
-        if args.cuda_graph and form.startswith("parallel"):
+        # Graph capture refuses control flow: the micro-batched form is one Scan.
+        if args.cuda_graph and form.startswith("parallel") and "+mb" not in form:
             log(f"{form}: static shapes {args.cuda_graph}, CUDA graph capture")
             subprocess.run([sys.executable, __file__, "--compiler", args.compiler, "--out", args.out, "--arena", args.arena, "--mem-reuse", args.mem_reuse, "--graph-opt", args.graph_opt,
                             "--size", args.size, "--step", "cudagraph", "--model", compiled, "--runs",
-                            str(args.runs), "--cases", args.cuda_graph], timeout=args.timeout)
+                            str(args.runs), "--cases", *args.cuda_graph], timeout=args.timeout)
             name = os.path.join(args.out, f"cudagraph_{os.path.basename(compiled)}.json")
             if os.path.exists(name):
                 results["forms"][form]["cuda_graph"] = json.load(open(name))
@@ -549,13 +585,17 @@ def table(results, cases):
         for tf32, o in r["tf32"].items():
             cells = []
             for c in o["cases"]:
-                cells.append("failed" if "error" in c else f"{c['median_s'] * 1e3:.1f} ms")
+                cell = "failed" if "error" in c else f"{c['median_s'] * 1e3:.1f} ms"
+                if "pinned_s" in c:
+                    cell += f" ({c['bound_s'] * 1e3:.1f} / {c['pinned_s'] * 1e3:.1f})"
+                cells.append(cell)
             cells += ["-"] * (len(cases) - len(cells))
             residual = max((c.get("residual", 0) for c in o["cases"]), default=0)
             print(f"| {form} | {tf32} | {o['session_s']:.1f} s | " + " | ".join(cells) + f" | {residual:.1e} |")
     cells = [f"{c['median_s'] * 1e3:.1f} ms" for c in results["torch_forward"]["cases"]]
     cells += ["-"] * (len(cases) - len(cells))
     print("| PyTorch forward | - | - | " + " | ".join(cells) + " | - |")
+    print("\n(in brackets: outputs left on the GPU / copied to pinned host memory)")
 
 
 if __name__ == "__main__":
