@@ -119,7 +119,8 @@ pub fn ensure_runnable(model: &ModelProto) -> Result<()> {
         Some(t) => Err(crate::error::Error::Unsupported(format!(
             "bfloat16 weights ('{}'): neither tract nor ONNX Runtime's CPU provider runs bfloat16 \
              models (no bfloat16 Conv), so they cannot be verified or checked here; compile \
-             with --no-verify and run the compiled model where bfloat16 runs (e.g. a GPU provider)",
+             with --no-verify and run the compiled model where bfloat16 runs (e.g. a GPU provider), \
+             or add --precision float32: the compiled model is then float32 and runs anywhere",
             t.name()
         ))),
         None => Ok(()),
