@@ -96,7 +96,8 @@ def export(out_dir, size, half=False):
 
 def form_args(form):
     """The compiler's flags for `form`: a scan form with optional suffixes: `+mbN` adds
-    `--micro-batch N`, `+maxN` `--max-seq-len N` (e.g. parallel+mb1+max4096)."""
+    `--micro-batch N`, `+maxN` `--max-seq-len N`, `+keep` `--keep-forward-values` (e.g.
+    parallel+mb1+max4096)."""
     scan, *suffixes = form.split("+")
     args = ["--scan", scan]
     for suffix in suffixes:
@@ -104,6 +105,8 @@ def form_args(form):
             args += ["--micro-batch", suffix[2:]]
         elif suffix.startswith("max"):
             args += ["--max-seq-len", suffix[3:]]
+        elif suffix == "keep":
+            args += ["--keep-forward-values"]
         else:
             raise SystemExit(f"unknown form suffix +{suffix} in {form}")
     return args

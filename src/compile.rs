@@ -38,6 +38,9 @@ pub struct Options {
     /// The arithmetic of the compiled model: as exported, or a half-precision export widened
     /// to float32 (`onnx::widen`).
     pub precision: Precision,
+    /// Keep the large forward values the relevance pass multiplies by (the scan's decay
+    /// factors) instead of recomputing them there: fewer kernels, more memory.
+    pub keep_forward_values: bool,
 }
 
 /// What the compiled model computes in.
@@ -78,6 +81,7 @@ impl Default for Options {
             micro_batch: None,
             max_seq_len: None,
             precision: Precision::AsExported,
+            keep_forward_values: false,
         }
     }
 }
@@ -459,6 +463,7 @@ impl Compilation {
         }
         let mut modifiers = Modifiers {
             prove_linear: self.options.rules.is_complete(),
+            keep_forward_values: self.options.keep_forward_values,
             ..Default::default()
         };
         for site in matches.enabled(&self.options.rules) {

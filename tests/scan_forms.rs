@@ -255,3 +255,61 @@ fn the_parallel_form_writes_few_state_sized_tensors_and_no_state_sized_pad() {
         );
     }
 }
+
+/// `--keep-forward-values`: the relevance pass multiplies by the forward pass's own decay
+/// factors instead of rebuilding them, with the same relevance (the recomputation repeats the
+/// same ops on the same inputs).
+#[test]
+fn keeping_forward_values_drops_the_recomputation_and_changes_no_relevance() {
+    let model = load("small_untied", "");
+    let reference = Reference::load("small_untied");
+    let inputs = reference.inputs();
+    for scan in [ScanForm::Parallel, ScanForm::Rolled] {
+        let compiled = |keep_forward_values: bool| {
+            let options = mambalrp::Options {
+                scan,
+                keep_forward_values,
+                ..mambalrp::Options::default()
+            };
+            mambalrp::compile(&model, &options)
+                .unwrap_or_else(|e| panic!("compile failed: {e}"))
+                .model
+        };
+        fn recomputations(graph: &mambalrp::onnx::proto::GraphProto) -> usize {
+            graph
+                .node
+                .iter()
+                .map(|node| {
+                    let bodies: usize = node
+                        .attribute
+                        .iter()
+                        .flat_map(|a| a.g.iter().chain(&a.graphs))
+                        .map(recomputations)
+                        .sum();
+                    bodies + node.name().contains("recompute") as usize
+                })
+                .sum()
+        }
+        let (rebuilt, kept) = (compiled(false), compiled(true));
+        let graph = |model: &mambalrp::onnx::proto::ModelProto| model.graph.clone().unwrap();
+        assert!(
+            recomputations(&graph(&rebuilt)) > 0,
+            "{scan:?}: the default recomputes"
+        );
+        assert_eq!(
+            recomputations(&graph(&kept)),
+            0,
+            "{scan:?}: nothing recomputed when kept"
+        );
+        let rebuilt_out = run_ort(&rebuilt, &inputs).unwrap();
+        let kept_out = run_ort(&kept, &inputs).unwrap();
+        let diff = relative_error(
+            output(&kept_out, "relevance"),
+            output(&rebuilt_out, "relevance"),
+        );
+        assert!(diff <= 1e-6, "{scan:?}: relevance moved by {diff:.2e}");
+        for sample in conservation(&kept_out).unwrap() {
+            assert!(sample.relative_residual <= 1e-5, "{scan:?}: {sample:?}");
+        }
+    }
+}

@@ -30,6 +30,9 @@ pub struct Modifiers {
     pub gamma_convs: HashMap<String, f32>,
     /// Reject any non-linear op or unruled product on the relevance path.
     pub prove_linear: bool,
+    /// Keep the large forward values the relevance pass multiplies by instead of recomputing
+    /// them (see `remat`).
+    pub keep_forward_values: bool,
 }
 
 impl Modifiers {
@@ -92,7 +95,7 @@ pub fn differentiate(
             .push(Contribution::Full(cotangent.clone()));
     }
     let batch = graph.shape(source)?.first().copied().unwrap_or(1);
-    let mut recomputed = HashMap::new();
+    let mut recomputed = remat::Remat::new(modifiers.keep_forward_values);
     for &index in path_nodes.iter().rev() {
         let node = graph.node(index).clone();
         crate::ir::shapes::check_node_types(graph, index)?;

@@ -77,6 +77,24 @@ fn recomputable(graph: &Graph, value: &str, root: usize, depth: usize) -> bool {
             .all(|input| source(graph, input, root, depth).is_some())
 }
 
+/// Whether large forward values are recomputed, and those already rebuilt for the backward
+/// pass (each is rebuilt once).
+#[derive(Debug, Default)]
+pub struct Remat {
+    /// Keep every forward value instead (`--keep-forward-values`): more memory, fewer kernels.
+    pub keep: bool,
+    cache: HashMap<String, String>,
+}
+
+impl Remat {
+    pub fn new(keep: bool) -> Remat {
+        Remat {
+            keep,
+            cache: HashMap::new(),
+        }
+    }
+}
+
 /// `value`, or a recomputation of it when it is large and made from smaller values (see the
 /// module doc). Recomputed values are cached, so each is rebuilt once per backward pass.
 /// `anchor` is a backward value the use depends on anyway: the recomputation runs after it.
@@ -84,8 +102,12 @@ pub(crate) fn recomputed(
     graph: &mut Graph,
     value: &str,
     anchor: &str,
-    cache: &mut HashMap<String, String>,
+    remat: &mut Remat,
 ) -> Result<String> {
+    if remat.keep {
+        return Ok(value.to_string());
+    }
+    let cache = &mut remat.cache;
     if let Some(done) = cache.get(value) {
         return Ok(done.clone());
     }

@@ -260,7 +260,7 @@ pub struct Step<'a> {
     pub gamma: Option<f32>,
     pub batch: usize,
     /// Large forward values already rebuilt for the backward pass (see `autodiff::remat`).
-    pub recomputed: &'a mut HashMap<String, String>,
+    pub recomputed: &'a mut crate::autodiff::remat::Remat,
 }
 
 impl Step<'_> {
