@@ -624,3 +624,129 @@ fn selective_scan_vjp_agrees_with_finite_differences_in_every_operand() {
         "selective-scan VJP disagrees with finite differences: {failures:?}"
     );
 }
+
+/// Where else the product of `summed_product_test` reaches `y`.
+#[derive(Debug, Clone, Copy)]
+enum AlsoRead {
+    No,
+    /// Summed over all axes: another cotangent spread over (among others) the same axis.
+    Summed,
+    /// Through a Neg: a full-size cotangent.
+    Negated,
+}
+
+/// `y = MatMul(Mul(x, other), ones[n, 1])`, the GPU form's readout `sum_N(h * C)`: the
+/// MatMul's transpose leaves its cotangent unexpanded, and the product multiplies it as it is
+/// where broadcasting gives the full product's result (expanding it first where not). Returns
+/// the dot-product test and the op types of the backward pass.
+fn summed_product_test(
+    x_shape: &[usize],
+    other: Option<&[usize]>,
+    also_read: AlsoRead,
+) -> ((f64, f64), Vec<String>) {
+    let out_shape = match other {
+        Some(other) => mambalrp::ops::broadcast(x_shape, other).unwrap(),
+        None => x_shape.to_vec(),
+    };
+    let n = *out_shape.last().unwrap();
+    let ones = Tensor::F32(ArrayD::ones(IxDyn(&[n, 1])));
+    let mut model = model_for(&case(
+        "summed_product",
+        "Identity",
+        &[1],
+        vec![Operand::X],
+        vec![],
+    ));
+    let g = model.graph.as_mut().unwrap();
+    g.node.clear();
+    g.input = vec![mambalrp::emit::value_info("x", DType::Float, x_shape)];
+    g.initializer = vec![ones.to_proto("ones")];
+    let factor = match other {
+        Some(shape) => {
+            g.initializer.push(floats(shape, 7).to_proto("other"));
+            "other"
+        }
+        None => "x",
+    };
+    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+        name: Some(output.into()),
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    g.node.push(node("Mul", &["x", factor], "p"));
+    g.node.push(node("MatMul", &["p", "ones"], "summed"));
+    match also_read {
+        AlsoRead::No => g.node.push(node("Identity", &["summed"], "y")),
+        AlsoRead::Summed => {
+            g.node.push(node("ReduceSum", &["p"], "total"));
+            g.node.push(node("Add", &["summed", "total"], "y"));
+        }
+        AlsoRead::Negated => {
+            g.node.push(node("Neg", &["p"], "negated"));
+            g.node.push(node("ReduceSum", &["negated"], "total"));
+            g.node.push(node("Add", &["summed", "total"], "y"));
+        }
+    }
+    let graph = Graph::from_model(&model).unwrap();
+    let forward = graph.nodes().len();
+    let mut backward = Graph::from_model(&model).unwrap();
+    let y_shape = backward.shape("y").unwrap().to_vec();
+    backward.add_input("gy", DType::Float, &y_shape);
+    let mut grads = differentiate(
+        &mut backward,
+        "x",
+        &[("y".into(), "gy".into())],
+        &Modifiers::default(),
+    )
+    .unwrap();
+    grads.cotangent(&mut backward, "x").unwrap().unwrap();
+    let ops = backward.nodes()[forward..]
+        .iter()
+        .map(|n| n.op_type().to_string())
+        .collect();
+    (dot_product_test_on(&model, graph, "y", x_shape, &[]), ops)
+}
+
+#[test]
+fn a_summed_product_multiplies_the_unexpanded_cotangent() {
+    let mut failures = Vec::new();
+    // (x, other, also read elsewhere, the product takes the small cotangent)
+    use AlsoRead::{Negated, No, Summed};
+    type Shape = &'static [usize];
+    let cases: [(Shape, Option<Shape>, AlsoRead, bool); 7] = [
+        // h [B, D, N] * C [B, 1, N]: C has the summed axis.
+        (&[2, 3, 4], Some(&[2, 1, 4]), No, true),
+        // x broadcasts along the summed axis itself.
+        (&[2, 3, 1], Some(&[2, 3, 4]), No, true),
+        (&[2, 3, 4], None, No, true),
+        // The other factor is 1 along the summed axis: expanded first.
+        (&[2, 3, 4], Some(&[2, 3, 1]), No, false),
+        // A lower-rank factor.
+        (&[2, 3, 4], Some(&[4]), No, true),
+        // Two sums read the product: their cotangents add unexpanded.
+        (&[2, 3, 4], Some(&[2, 1, 4]), Summed, true),
+        // A full-size cotangent reaches the product as well: expanded as before.
+        (&[2, 3, 4], Some(&[2, 1, 4]), Negated, false),
+    ];
+    for (x, other, also_read, small) in cases {
+        let ((analytic, numeric), ops) = summed_product_test(x, other, also_read);
+        let err = (analytic - numeric).abs() / numeric.abs().max(1e-3);
+        println!(
+            "x {x:?} * {other:?}: {analytic:+.6} vs {numeric:+.6}, rel err {err:.1e}; {ops:?}"
+        );
+        if err > 2e-3 {
+            failures.push(format!("{x:?} * {other:?}: rel err {err:.1e}"));
+        }
+        let expanded = ops
+            .iter()
+            .any(|op| op == "Expand" || op == "MatMul" || op == "Einsum");
+        if expanded == small {
+            failures.push(format!(
+                "{x:?} * {other:?} (also read: {also_read:?}): backward ops {ops:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -48,8 +48,15 @@ pub enum Contribution {
     Full(String),
     /// A gradient whose shape broadcasts to the value's (the transpose of a sum, its reduced
     /// axes kept as 1): added to the value's other gradients by broadcasting, so the spread
-    /// copy is made only when nothing else reaches the value.
-    Spread(String),
+    /// copy is made only when nothing else reaches the value. `axes` are the value's axes
+    /// along which `value` has size 1 and is broadcast (the reduced axes): a product reading
+    /// the value's cotangent takes it unexpanded along them (see
+    /// [`Gradients::cotangent_unexpanded`]), which in the GPU form saves one state-sized write
+    /// per layer (the transpose of the readout's sum over N, `MatMul(g, ones[1, N])`).
+    Spread {
+        value: String,
+        axes: Vec<usize>,
+    },
     /// The gradient of the slice `value[.., index, ..]` (axis `axis`), from a scalar-index Gather.
     Piece {
         axis: usize,
@@ -60,6 +67,10 @@ pub enum Contribution {
 
 pub struct Gradients {
     cotangents: HashMap<String, String>,
+    /// Cotangents handed out unexpanded (see [`Gradients::cotangent_unexpanded`]): the small
+    /// tensor and the axes along which it is to be broadcast to the value's shape. Kept apart
+    /// from `cotangents`, which hold full-size tensors only.
+    spread_cotangents: HashMap<String, (String, Vec<usize>)>,
     pending: HashMap<String, Vec<Contribution>>,
     /// Per-sample relevance absorbed by constant or frozen additive terms, each `[batch]`.
     pub bias_terms: Vec<String>,
@@ -83,6 +94,7 @@ pub fn differentiate(
     }
     let mut grads = Gradients {
         cotangents: HashMap::new(),
+        spread_cotangents: HashMap::new(),
         pending: HashMap::new(),
         bias_terms: vec![],
         path_nodes: path_nodes.len(),
@@ -99,11 +111,26 @@ pub fn differentiate(
     for &index in path_nodes.iter().rev() {
         let node = graph.node(index).clone();
         crate::ir::shapes::check_node_types(graph, index)?;
-        let out_grads: Vec<Option<String>> = node
-            .output
-            .iter()
-            .map(|o| grads.cotangent(graph, o))
-            .collect::<Result<_>>()?;
+        let op = graph.op(index).clone();
+        // A plain product takes its cotangent unexpanded when it is only the broadcast of
+        // sums' cotangents (`product_back` multiplies the small tensor directly); every other
+        // node gets full-size cotangents.
+        let takes_spread = op.def().is_some_and(|def| def.op_type == "Mul")
+            && node.output.len() == 1
+            && !modifiers.stabilized_silu.contains(node_key(&node));
+        let (out_grads, out_spread): (Vec<Option<String>>, Vec<usize>) = if takes_spread {
+            match grads.cotangent_unexpanded(graph, &node.output[0])? {
+                Some((g, axes)) => (vec![Some(g)], axes),
+                None => (vec![None], vec![]),
+            }
+        } else {
+            let out_grads = node
+                .output
+                .iter()
+                .map(|o| grads.cotangent(graph, o))
+                .collect::<Result<_>>()?;
+            (out_grads, vec![])
+        };
         if out_grads.iter().all(Option::is_none) {
             continue;
         }
@@ -113,7 +140,6 @@ pub fn differentiate(
             .enumerate()
             .map(|(slot, name)| carrying.contains(name) && !modifiers.stops(&node, slot))
             .collect();
-        let op = graph.op(index).clone();
         let rule = op
             .def()
             .and_then(|def| def.vjp)
@@ -127,6 +153,7 @@ pub fn differentiate(
             attrs: op.attrs(),
             carries: &carries,
             out_grads: &out_grads,
+            out_spread,
             half: modifiers.half_nodes.contains(node_key(&node)),
             stabilized_silu: modifiers.stabilized_silu.contains(node_key(&node)),
             gamma: modifiers.gamma_convs.get(node_key(&node)).copied(),
@@ -156,6 +183,11 @@ impl Gradients {
         if let Some(done) = self.cotangents.get(value) {
             return Ok(Some(done.clone()));
         }
+        if let Some((small, _)) = self.spread_cotangents.get(value) {
+            let total = graph.op_expand_like(small, value);
+            self.cotangents.insert(value.to_string(), total.clone());
+            return Ok(Some(total));
+        }
         let Some(parts) = self.pending.remove(value) else {
             return Ok(None);
         };
@@ -164,7 +196,7 @@ impl Gradients {
         for part in parts {
             match part {
                 Contribution::Full(v) => full.push(v),
-                Contribution::Spread(v) => spread.push(v),
+                Contribution::Spread { value, .. } => spread.push(value),
                 Contribution::Piece { axis, index, value } => pieces
                     .entry(axis)
                     .or_default()
@@ -188,6 +220,59 @@ impl Gradients {
         let total = graph.op_sum(&full);
         self.cotangents.insert(value.to_string(), total.clone());
         Ok(Some(total))
+    }
+
+    /// The total cotangent of `value` left unexpanded when only sums' transposes reach it
+    /// (every contribution a [`Contribution::Spread`]): their broadcast sum, with the axes along
+    /// which it has size 1 and stands for its broadcast (those all of them spread along). A
+    /// product multiplies it by its other operand directly, broadcasting once, instead of
+    /// reading a full-size copy: in the GPU form the readout `y = sum_N(h * C)` is summed by
+    /// a MatMul with ones, whose transpose would otherwise write a state-sized tensor per
+    /// layer before the product writes another. When anything else reaches the value, the
+    /// full cotangent (as [`Gradients::cotangent`]) with no axes. A later `cotangent` of the
+    /// same value expands the small tensor then.
+    pub fn cotangent_unexpanded(
+        &mut self,
+        graph: &mut Graph,
+        value: &str,
+    ) -> Result<Option<(String, Vec<usize>)>> {
+        if let Some(done) = self.spread_cotangents.get(value) {
+            return Ok(Some(done.clone()));
+        }
+        let all_spread = self.pending.get(value).is_some_and(|parts| {
+            !parts.is_empty()
+                && parts
+                    .iter()
+                    .all(|part| matches!(part, Contribution::Spread { .. }))
+        });
+        if !all_spread || self.cotangents.contains_key(value) {
+            return Ok(self.cotangent(graph, value)?.map(|full| (full, vec![])));
+        }
+        let parts = self.pending.remove(value).unwrap_or_default();
+        let mut values = Vec::new();
+        let mut common: Option<Vec<usize>> = None;
+        for part in parts {
+            if let Contribution::Spread { value, axes } = part {
+                values.push(value);
+                common = Some(match common {
+                    None => axes,
+                    Some(kept) => kept.into_iter().filter(|a| axes.contains(a)).collect(),
+                });
+            }
+        }
+        let mut axes = common.unwrap_or_default();
+        axes.sort_unstable();
+        axes.dedup();
+        // Each term has the value's size on the axes it does not spread along, so their sum
+        // has it everywhere but on the axes all of them spread along.
+        let total = graph.op_sum(&values);
+        if axes.is_empty() {
+            self.cotangents.insert(value.to_string(), total.clone());
+        } else {
+            self.spread_cotangents
+                .insert(value.to_string(), (total.clone(), axes.clone()));
+        }
+        Ok(Some((total, axes)))
     }
 }
 

@@ -190,35 +190,84 @@ fn sum_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     Ok(vjp)
 }
 
+/// `shape` with leading 1s up to `rank` (numpy's alignment).
+fn aligned(shape: &[usize], rank: usize) -> Vec<usize> {
+    let mut full = vec![1; rank.saturating_sub(shape.len())];
+    full.extend_from_slice(shape);
+    full
+}
+
+/// Whether `g * other`, with g of the output's shape `out` but 1 on the axes `spread` (an
+/// unexpanded cotangent), unbroadcasts to the operand of shape `own` as the full product would:
+/// on every spread axis the operand must itself broadcast, or the other operand must have the
+/// output's size there. Shapes are the traced ones while some dims are symbolic at run time:
+/// dims that agree and exceed 1 at the traced size are the same dim at run time, a traced 1 is
+/// ambiguous, hence `> 1`.
+fn takes_spread(own: &[usize], other: &[usize], out: &[usize], spread: &[usize]) -> bool {
+    let rank = out.len();
+    let (own, other) = (aligned(own, rank), aligned(other, rank));
+    own.len() == rank
+        && other.len() == rank
+        && spread
+            .iter()
+            .all(|&r| r < rank && out[r] > 1 && (own[r] == 1 || other[r] == out[r]))
+}
+
+/// The transpose of a product multiplies the cotangent by the other operand. An unexpanded
+/// cotangent (the transpose of a sum that reads this product, see
+/// `Gradients::cotangent_unexpanded`) is multiplied as it is where broadcasting gives the
+/// same result: one state-sized write fewer per layer in the GPU form.
 fn product_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     if step.stabilized_silu {
         return stabilized_silu_back(graph, step);
     }
     let node = step.node;
-    let g = step.grad()?;
+    let (g, spread) = step.spread_grad()?;
     let g = if step.half {
         graph.op_scale(&g, 0.5)
     } else {
         g
     };
     let out_shape = step.output_shape(graph)?;
-    let mut vjp = Vjp::default();
+    let dtype = graph.dtype_of(&node.output[0]);
+    let carried: Vec<usize> = (0..2).filter(|&slot| step.carries[slot]).collect();
+    let mut shapes = Vec::new();
     for slot in 0..2 {
-        if step.carries[slot] {
-            let other = crate::autodiff::remat::recomputed(
-                graph,
-                &node.input[1 - slot],
-                &g,
-                step.recomputed,
-            )?;
-            let product = graph.op_binary("Mul", &g, &other);
-            let shape = step.input_shape(graph, slot)?;
-            let dtype = graph.dtype_of(&node.output[0]);
-            vjp.full(
-                slot,
-                graph.op_unbroadcast_as(&product, &out_shape, &shape, Some(dtype))?,
-            );
+        shapes.push(step.input_shape(graph, slot)?);
+    }
+    let usable = spread.is_empty()
+        || carried
+            .iter()
+            .all(|&slot| takes_spread(&shapes[slot], &shapes[1 - slot], &out_shape, &spread));
+    let (g, g_shape) = if usable {
+        let mut g_shape = out_shape.clone();
+        for &r in &spread {
+            g_shape[r] = 1;
         }
+        (g, g_shape)
+    } else {
+        (graph.op_expand_like(&g, &node.output[0]), out_shape.clone())
+    };
+    let mut vjp = Vjp::default();
+    for slot in carried {
+        let other =
+            crate::autodiff::remat::recomputed(graph, &node.input[1 - slot], &g, step.recomputed)?;
+        let product = graph.op_binary("Mul", &g, &other);
+        // The product's own traced shape: the output's, unless g is unexpanded and the other
+        // operand broadcasts too.
+        let product_shape = broadcast(&g_shape, &shapes[1 - slot]).ok_or_else(|| {
+            Error::node(
+                node,
+                format!(
+                    "cotangent of shape {g_shape:?} does not broadcast with {:?}",
+                    shapes[1 - slot]
+                ),
+            )
+        })?;
+        vjp.full(
+            slot,
+            graph.op_unbroadcast_as(&product, &product_shape, &shapes[slot], Some(dtype))?,
+        );
     }
     Ok(vjp)
 }
@@ -233,7 +282,8 @@ fn stabilized_silu_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let Some(x_slot) = (0..2).find(|&slot| step.carries[slot]) else {
         return Ok(vjp);
     };
-    let g = step.grad()?;
+    // (Handed a full-size cotangent; expanded here should an unexpanded one reach it.)
+    let g = step.expanded_grad(graph)?;
     let out_shape = step.output_shape(graph)?;
     let (x, silu) = (node.input[x_slot].clone(), node.output[0].clone());
     // st(x) = x + 1e-6 * (2 * 1[x >= 0] - 1), in x's type: the sign is exactly +-1, so x gets

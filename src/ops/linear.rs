@@ -129,13 +129,27 @@ fn infer_conv(graph: &Graph, node: &NodeProto, attrs: &Attrs) -> Result<Vec<Opti
     })
 }
 
+/// True when `value` is a constant column of ones `[n, 1]`: a MatMul by it sums its other
+/// operand's last axis (`Graph::op_sum_last_axis`).
+fn is_ones_column(graph: &Graph, value: &str) -> bool {
+    graph
+        .constant(value)
+        .is_some_and(|t| matches!(t.shape(), [_, 1]) && t.to_f64_vec().iter().all(|&x| x == 1.0))
+}
+
 fn matmul_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let node = step.node;
     let g = step.grad()?;
     let out_shape = step.output_shape(graph)?;
     let (a_shape, b_shape) = (step.input_shape(graph, 0)?, step.input_shape(graph, 1)?);
     let mut vjp = Vjp::default();
-    if step.carries[0] {
+    if step.carries[0] && is_ones_column(graph, &node.input[1]) {
+        // A sum over a's last axis: its transpose is g `[.., M, 1]` broadcast along that axis
+        // (a's other dims are g's: b is 2-D), left to the consumer, as ReduceSum's is. A
+        // MatMul with `ones[1, n]` would write a's full size; a product reading a takes g as
+        // it is (`Gradients::cotangent_unexpanded`).
+        vjp.spread(0, g.clone(), vec![a_shape.len() - 1]);
+    } else if step.carries[0] {
         let bt = graph.op_transpose_last_two(&node.input[1], b_shape.len());
         let ga = graph.op_binary("MatMul", &g, &bt);
         let mut ga_shape = out_shape.clone();

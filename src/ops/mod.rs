@@ -252,6 +252,10 @@ pub struct Step<'a> {
     pub carries: &'a [bool],
     /// Per output: its cotangent, if anything reached it.
     pub out_grads: &'a [Option<String>],
+    /// The axes along which `out_grads[0]` has size 1 and stands for its broadcast to the
+    /// output's shape (see `Gradients::cotangent_unexpanded`); empty when it is full-size. Only
+    /// plain products (`Mul`) are handed such a cotangent, and only their rule reads it.
+    pub out_spread: Vec<usize>,
     /// The gate half rule applies to this product.
     pub half: bool,
     /// This is a SiLU product under the stabilized identity rule.
@@ -267,6 +271,18 @@ impl Step<'_> {
     /// The cotangent of a single-output op. An op with more outputs must handle them itself:
     /// a cotangent reaching any other output is an error, never silently dropped.
     pub fn grad(&self) -> Result<String> {
+        if !self.out_spread.is_empty() {
+            return Err(Error::node(
+                self.node,
+                "internal: an unexpanded cotangent reached a rule that needs a full-size one",
+            ));
+        }
+        self.spread_grad().map(|(g, _)| g)
+    }
+
+    /// The cotangent of a single-output op as it was handed over: possibly unexpanded, with the
+    /// axes along which it is to be broadcast to the output (`out_spread`).
+    pub fn spread_grad(&self) -> Result<(String, Vec<usize>)> {
         if self.out_grads.iter().skip(1).any(Option::is_some) {
             return Err(Error::node(
                 self.node,
@@ -277,7 +293,19 @@ impl Step<'_> {
             .first()
             .cloned()
             .flatten()
+            .map(|g| (g, self.out_spread.clone()))
             .ok_or_else(|| Error::node(self.node, "differentiated with no cotangent"))
+    }
+
+    /// The cotangent of a single-output op at the output's full size: an unexpanded one
+    /// broadcast to the output first.
+    pub fn expanded_grad(&self, graph: &mut Graph) -> Result<String> {
+        let (g, spread) = self.spread_grad()?;
+        Ok(if spread.is_empty() {
+            g
+        } else {
+            graph.op_expand_like(&g, &self.node.output[0])
+        })
     }
 
     pub fn input_shape(&self, graph: &Graph, slot: usize) -> Result<Vec<usize>> {
@@ -311,8 +339,10 @@ impl Vjp {
         self.contributions.push((slot, Contribution::Full(value)));
     }
 
-    /// A contribution that broadcasts to the input's shape (see [`Contribution::Spread`]).
-    pub fn spread(&mut self, slot: usize, value: String) {
-        self.contributions.push((slot, Contribution::Spread(value)));
+    /// A contribution that broadcasts to the input's shape along `axes`, the input's axes on
+    /// which `value` has size 1 (see [`Contribution::Spread`]).
+    pub fn spread(&mut self, slot: usize, value: String, axes: Vec<usize>) {
+        self.contributions
+            .push((slot, Contribution::Spread { value, axes }));
     }
 }

@@ -102,7 +102,7 @@ fn reduce_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     }
     // Not expanded here: the other gradients of the input broadcast it when they add it.
     let mut vjp = Vjp::default();
-    vjp.spread(0, spread);
+    vjp.spread(0, spread, axes);
     Ok(vjp)
 }
 

@@ -146,8 +146,8 @@ pub(super) fn emit(
     let y = graph.op_sum_last_axis(&products, &products_shape, dtype, false);
     let flat = graph.const_i64(&[0, 0, -1]);
     let y = graph.add_node("Reshape", &[&y, &flat], vec![]);
-    // The relevance pass reads the products' shape (to spread y's cotangent over N): the
-    // trim reads it too, so that the read happens in the forward pass (see `trim`).
+    // The trim reads the products' shape here, in the forward pass: a read of it by the
+    // relevance pass merges with this one instead of keeping the products alive (see `trim`).
     let mut y = trim(graph, &y, &chunked, (&products, len));
     if !is_zero_fill(graph, &chain.h0) {
         // h0 decays from the first step on: exp(cumsum(log a)) h0 (every exponent <= 0).
