@@ -795,6 +795,15 @@ fn record_metadata(model: &mut ModelProto, report: &CompileReport, options: &Opt
             ),
         ],
     );
+    if report.exported_float_type != report.float_type {
+        metadata::add_metadata(
+            model,
+            &[(
+                metadata::EXPORTED_FLOAT_TYPE_KEY,
+                crate::verify::float_type_name(report.exported_float_type).to_string(),
+            )],
+        );
+    }
     if let Some(rule) = report.patch_rule {
         metadata::add_metadata(model, &[(metadata::PATCH_RULE_KEY, rule.to_string())]);
     }

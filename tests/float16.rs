@@ -76,6 +76,23 @@ fn precision_float32_explains_a_float16_export_as_the_float32_model_does() {
         let compiled = mambalrp::compile(&model, &options).unwrap();
         assert_eq!(compiled.report.float_type, mambalrp::ir::DType::Float);
         assert_eq!(compiled.report.exported_float_type, FLOAT16);
+        let recorded = |key: &str| {
+            compiled
+                .model
+                .metadata_props
+                .iter()
+                .find(|p| p.key() == key)
+                .map(|p| p.value().to_string())
+        };
+        assert_eq!(
+            recorded("mambalrp.float_type").as_deref(),
+            Some("float32"),
+            "conservation is checked at float32's tolerance"
+        );
+        assert_eq!(
+            recorded("mambalrp.exported_float_type").as_deref(),
+            Some("float16")
+        );
         for declared in &compiled.model.graph.as_ref().unwrap().output {
             let Some(mambalrp::onnx::proto::type_proto::Value::TensorType(t)) =
                 declared.r#type.as_ref().and_then(|t| t.value.as_ref())

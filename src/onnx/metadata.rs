@@ -21,6 +21,8 @@ pub const PATCH_RULE_KEY: &str = "mambalrp.patch_rule";
 pub const SOURCE_KEY: &str = "mambalrp.source";
 /// The float type the model computes in (`float32`, `float16`, ...).
 pub const FLOAT_TYPE_KEY: &str = "mambalrp.float_type";
+/// The float type a `--precision float32` model was exported in (its weights' rounding).
+pub const EXPORTED_FLOAT_TYPE_KEY: &str = "mambalrp.exported_float_type";
 /// Every rule site, one per line.
 pub const SITES_KEY: &str = "mambalrp.sites";
 /// Rule sites per rule, as a JSON object.
