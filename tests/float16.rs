@@ -76,14 +76,7 @@ fn precision_float32_explains_a_float16_export_as_the_float32_model_does() {
         let compiled = mambalrp::compile(&model, &options).unwrap();
         assert_eq!(compiled.report.float_type, mambalrp::ir::DType::Float);
         assert_eq!(compiled.report.exported_float_type, FLOAT16);
-        let recorded = |key: &str| {
-            compiled
-                .model
-                .metadata_props
-                .iter()
-                .find(|p| p.key() == key)
-                .map(|p| p.value().to_string())
-        };
+        let recorded = |key: &str| metadata(&compiled.model, key);
         assert_eq!(
             recorded("mambalrp.float_type").as_deref(),
             Some("float32"),

@@ -269,15 +269,8 @@ fn the_compiled_model_records_the_vision_contract() {
     let model = load("vim_zerobias", "");
     let options = Options::default();
     let result = compile(&model, &options).unwrap();
-    let meta = |key: &str| {
-        result
-            .model
-            .metadata_props
-            .iter()
-            .find(|p| p.key() == key)
-            .map(|p| p.value().to_string())
-            .unwrap_or_else(|| panic!("no metadata '{key}'"))
-    };
+    let meta =
+        |key: &str| metadata(&result.model, key).unwrap_or_else(|| panic!("no metadata '{key}'"));
     assert_eq!(meta("mambalrp.source"), "image");
     assert_eq!(meta("mambalrp.patch_rule"), "gamma:0.25");
     assert_eq!(meta("mambalrp.target"), "argmax, class logits");

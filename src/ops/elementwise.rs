@@ -282,8 +282,8 @@ fn stabilized_silu_back(graph: &mut Graph, step: &mut Step) -> Result<Vjp> {
     let Some(x_slot) = (0..2).find(|&slot| step.carries[slot]) else {
         return Ok(vjp);
     };
-    // (Handed a full-size cotangent; expanded here should an unexpanded one reach it.)
-    let g = step.expanded_grad(graph)?;
+    // Full-size: the backward loop hands unexpanded cotangents to plain products only.
+    let g = step.grad()?;
     let out_shape = step.output_shape(graph)?;
     let (x, silu) = (node.input[x_slot].clone(), node.output[0].clone());
     // st(x) = x + 1e-6 * (2 * 1[x >= 0] - 1), in x's type: the sign is exactly +-1, so x gets

@@ -297,17 +297,6 @@ impl Step<'_> {
             .ok_or_else(|| Error::node(self.node, "differentiated with no cotangent"))
     }
 
-    /// The cotangent of a single-output op at the output's full size: an unexpanded one
-    /// broadcast to the output first.
-    pub fn expanded_grad(&self, graph: &mut Graph) -> Result<String> {
-        let (g, spread) = self.spread_grad()?;
-        Ok(if spread.is_empty() {
-            g
-        } else {
-            graph.op_expand_like(&g, &self.node.output[0])
-        })
-    }
-
     pub fn input_shape(&self, graph: &Graph, slot: usize) -> Result<Vec<usize>> {
         Ok(graph.shape(&self.node.input[slot])?.to_vec())
     }

@@ -147,6 +147,15 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python"))
 }
 
+/// The value `model` records under metadata `key`.
+pub fn metadata(model: &ModelProto, key: &str) -> Option<String> {
+    model
+        .metadata_props
+        .iter()
+        .find(|p| p.key() == key)
+        .map(|p| p.value().to_string())
+}
+
 /// Every output after the original logits (the relevance outputs) is declared float32,
 /// whatever the model's float type.
 pub fn assert_relevance_outputs_are_float32(compiled: &ModelProto) {
