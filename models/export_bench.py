@@ -76,7 +76,8 @@ def build_model(spec):
     """The fixtures' builder (same perturbations), with dt_rank "auto" and tied embeddings."""
     import make_fixtures
 
-    full = dict(spec, dt_rank=math.ceil(spec["hidden"] / 16), tied=True, conv_bias="random", xproj_scale=1.0)
+    full = dict(spec, dt_rank=math.ceil(spec["hidden"] / 16), tied=True, conv_bias="random", xproj_scale=1.0,
+                explicit_init=True)
     model = make_fixtures.build_model(full)
     assert model.lm_head.weight.data_ptr() == model.backbone.embeddings.weight.data_ptr()
     return model

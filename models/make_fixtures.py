@@ -121,6 +121,8 @@ def build_model(spec):
     )
     torch.manual_seed(spec["seed"])
     model = MambaForCausalLM(cfg).eval()
+    if spec.get("explicit_init"):
+        explicit_init(model, spec["seed"])
     g = torch.Generator().manual_seed(spec["seed"] + 7)
 
     def noise(t, scale):
@@ -148,6 +150,51 @@ def build_model(spec):
             model.lm_head.weight.mul_(spec["lm_head_scale"])
     model.small_silu_sites = engineer_small_silu(model, make_inputs(spec)) if spec.get("small_silu") else []
     return model
+
+
+def explicit_init(model, seed):
+    """Draw every weight from our own seeded generator, with the schemes transformers 4.40
+    leaves in place (PyTorch's defaults for Linear and Conv1d, Mamba's own for A, D and dt), so
+    the model no longer depends on the installed transformers: 5.x initializes every Linear
+    with N(0, initializer_range = 0.1), which makes in_proj and x_proj 5-7x larger than 4.40's
+    and the random model ill-conditioned (float16 weights move its logits by half their size
+    at 64 tokens)."""
+    g = torch.Generator().manual_seed(seed + 11)
+
+    def uniform(t, bound):
+        t.copy_((torch.rand(t.shape, generator=g, dtype=torch.float64) * 2 - 1).to(t.dtype) * bound)
+
+    def linear(weight):  # PyTorch's default: U(+-1/sqrt(fan_in))
+        fan_in = weight[0].numel()
+        uniform(weight, fan_in**-0.5)
+
+    cfg = model.config
+    with torch.no_grad():
+        emb = model.backbone.embeddings.weight
+        emb.copy_(torch.randn(emb.shape, generator=g, dtype=torch.float64).to(emb.dtype) * cfg.initializer_range)
+        for layer in model.backbone.layers:
+            mx = layer.mixer
+            layer.norm.weight.fill_(1.0)
+            linear(mx.in_proj.weight)
+            linear(mx.conv1d.weight)
+            uniform(mx.conv1d.bias, mx.conv1d.weight[0].numel() ** -0.5)
+            linear(mx.x_proj.weight)
+            uniform(mx.dt_proj.weight, cfg.time_step_rank**-0.5 * cfg.time_step_scale)
+            # dt = exp(U(log dt_min, log dt_max)) floored, stored as softplus^-1(dt)
+            lo, hi = np.log(cfg.time_step_min), np.log(cfg.time_step_max)
+            dt = torch.exp(torch.rand(mx.dt_proj.bias.shape, generator=g, dtype=torch.float64) * (hi - lo) + lo)
+            dt = dt.clamp(min=cfg.time_step_floor)
+            mx.dt_proj.bias.copy_((dt + torch.log(-torch.expm1(-dt))).to(mx.dt_proj.bias.dtype))
+            state = torch.arange(1, mx.A_log.shape[1] + 1, dtype=torch.float64)
+            mx.A_log.copy_(torch.log(state).expand(mx.A_log.shape).to(mx.A_log.dtype))
+            mx.D.fill_(1.0)
+            linear(mx.out_proj.weight)
+            for lin in (mx.in_proj, mx.x_proj, mx.dt_proj, mx.out_proj):
+                if lin.bias is not None and lin is not mx.dt_proj:
+                    lin.bias.zero_()
+        model.backbone.norm_f.weight.fill_(1.0)
+        if not cfg.tie_word_embeddings:
+            linear(model.lm_head.weight)
 
 
 def seq_len(spec):
