@@ -607,6 +607,7 @@ impl Compilation {
         for (value, name, shape) in &outputs {
             emit::add_output(graph, value, name, shape);
         }
+        emit::read_sums_off_prefix_sums(graph)?;
         topo::remove_dead_minted_nodes(graph)?;
         self.outputs = outputs;
         Ok(())

@@ -256,6 +256,62 @@ fn the_parallel_form_writes_few_state_sized_tensors_and_no_state_sized_pad() {
     }
 }
 
+/// The chunk sums over a state-sized tensor (forward and relevance pass, every level) are read off
+/// the cumulative sum of the same tensor over the same axis, as one step of it, instead of a
+/// second pass over the tensor: no `ReduceSum` is left beside a `CumSum` of its operand.
+#[test]
+fn the_parallel_form_reads_chunk_sums_off_its_cumulative_sums() {
+    use std::collections::HashSet;
+    for exporter in EXPORTERS {
+        let options = mambalrp::Options {
+            scan: ScanForm::Parallel,
+            dynamic_sequence: true,
+            ..mambalrp::Options::default()
+        };
+        let compiled = mambalrp::compile(&load("small_untied", exporter), &options)
+            .unwrap_or_else(|e| panic!("compile failed: {e}"));
+        let graph = compiled.model.graph.unwrap();
+        let axis = |name: &str| -> Option<Vec<u8>> {
+            graph
+                .initializer
+                .iter()
+                .find(|t| t.name() == name)
+                .map(|t| t.raw_data().to_vec())
+        };
+        let operands_summed = |op: &str| -> HashSet<(String, Option<Vec<u8>>)> {
+            graph
+                .node
+                .iter()
+                .filter(|n| n.op_type() == op)
+                .map(|n| (n.input[0].clone(), n.input.get(1).and_then(|a| axis(a))))
+                .collect()
+        };
+        let cumulative = operands_summed("CumSum");
+        let both: Vec<_> = operands_summed("ReduceSum")
+            .intersection(&cumulative)
+            .cloned()
+            .collect();
+        assert!(both.is_empty(), "{exporter}: summed both ways: {both:?}");
+        let cumsum_outputs: HashSet<&str> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "CumSum")
+            .map(|n| n.output[0].as_str())
+            .collect();
+        let steps_read = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "Slice" && cumsum_outputs.contains(n.input[0].as_str()))
+            .count();
+        let layers = compiled.report.site_counts["ssm"];
+        // Per layer and level, one in the forward pass and one in the relevance pass.
+        assert!(
+            steps_read >= 2 * layers,
+            "{exporter}: {steps_read} sums read off cumulative sums for {layers} layers"
+        );
+    }
+}
+
 /// `--keep-forward-values`: the relevance pass multiplies by the forward pass's own decay
 /// factors instead of rebuilding them, with the same relevance (the recomputation repeats the
 /// same ops on the same inputs).

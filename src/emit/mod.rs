@@ -4,6 +4,7 @@ mod dynamic_axes;
 pub mod micro_batch;
 pub use crate::onnx::metadata;
 mod outputs;
+mod prefix_sums;
 mod source;
 mod target;
 
@@ -13,5 +14,6 @@ pub use outputs::{
     RELEVANCE_EMBEDDING, RELEVANCE_LAYERS, RELEVANCE_PATCHES, RELEVANCE_TARGET_LOGIT,
     RELEVANCE_TOKENS, SILU_RULE_KEY,
 };
+pub use prefix_sums::read_sums_off_prefix_sums;
 pub use source::{find_source, ImageSource, Source};
 pub use target::{explain_target, Explained, TargetMode, TARGET_INPUT};
