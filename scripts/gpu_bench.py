@@ -453,6 +453,28 @@ def torch_forward(size, cases, runs):
                 times.append(time.perf_counter() - t)
             rows.append(dict(batch=batch, seq=seq, median_s=statistics.median(times)))
             log(f"  torch forward {batch}x{seq}: {rows[-1]['median_s'] * 1e3:.1f} ms")
+    # MambaLRP in PyTorch (models/mamba_lrp.py: the rules as detaches, forward + autograd, as
+    # the official code computes it), the explained class fixed so no extra forward is timed.
+    import mamba_lrp
+
+    for row in rows:
+        ids = torch.randint(0, spec["vocab"], (row["batch"], row["seq"]), device=device)
+        target = torch.zeros(row["batch"], dtype=torch.int64, device=device)
+        try:
+            times = []
+            for _ in range(1 + min(runs, 3)):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                mamba_lrp.relevance(model, ids, target=target)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            row["mambalrp_median_s"] = statistics.median(times[1:])
+            log(f"  torch MambaLRP {row['batch']}x{row['seq']}: {row['mambalrp_median_s'] * 1e3:.1f} ms")
+        except torch.cuda.OutOfMemoryError as e:
+            row["mambalrp_error"] = str(e).splitlines()[0][:200]
+            torch.cuda.empty_cache()
     return dict(device=device, torch=torch.__version__, cases=rows)
 
 
@@ -598,6 +620,10 @@ def table(results, cases):
     cells = [f"{c['median_s'] * 1e3:.1f} ms" for c in results["torch_forward"]["cases"]]
     cells += ["-"] * (len(cases) - len(cells))
     print("| PyTorch forward | - | - | " + " | ".join(cells) + " | - |")
+    cells = [f"{c['mambalrp_median_s'] * 1e3:.1f} ms" if "mambalrp_median_s" in c else "failed"
+             for c in results["torch_forward"]["cases"]]
+    cells += ["-"] * (len(cases) - len(cells))
+    print("| PyTorch MambaLRP (models/mamba_lrp.py) | - | - | " + " | ".join(cells) + " | - |")
     print("\n(in brackets: outputs left on the GPU / copied to pinned host memory)")
 
 
