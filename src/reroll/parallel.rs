@@ -18,7 +18,10 @@
 //! relevance pass is the transpose the autodiff derives from these ops: reverse CumSums, slices
 //! and pads. Per level that is 3 ops over every step for the factors (`CumSum`, `Sub`, `Exp`) and
 //! 5 for the states (the quotient `Div`, `CumSum`, the chunk sums' `ReduceSum`, the carry's
-//! `Add`, `Mul`). The input `dt * B * u` is multiplied as `(dt * u) * B`
+//! `Add`, `Mul`). After differentiation the chunk sums, and their transposes' sums in the
+//! relevance pass, are read off the cumulative sums as one step of them
+//! (`emit::read_sums_off_prefix_sums`), so neither pass reads a state-sized tensor only to sum
+//! it. The input `dt * B * u` is multiplied as `(dt * u) * B`
 //! ([`regroup_product`]): one state-sized product, and one in its transpose.
 //!
 //! Numerics. The factors g_t^{+-1} = exp(+-(lc_t - m)) stay within float32's range because every
@@ -289,6 +292,8 @@ fn solve(
         // `ReduceSum`: its transpose is a broadcast (`Contribution::Spread`). Read as a slice
         // of `summed`, its transpose was a state-sized `Pad` that ONNX Runtime's CUDA kernel
         // runs at 4.7 ms ([1, 1536, 256, 8, 16] on an H200, against 0.34 ms for the sum).
+        // Once the relevance pass is derived, the sum itself becomes that slice
+        // (`emit::read_sums_off_prefix_sums`).
         let last = graph.op_reduce_sum(&scaled, &[3], true);
         let ends = graph.add_node("Mul", &[&at_middle, &last], vec![]);
         // The relevance pass reads no shape of these values: Squeeze's transpose needs none,
