@@ -18,9 +18,12 @@ What it builds: a Hugging Face ``MambaForCausalLM`` with the shape of state-spac
 (24 layers, d_model 768, d_state 16, vocab 50280, expand 2 -> d_inner 1536, d_conv 4,
 dt_rank "auto" = ceil(768/16) = 48, conv bias on, no in/out-proj bias, tied embeddings,
 use_cache False) or, with ``--size 1.4b``, of state-spaces/mamba-1.4b (48 layers, d_model
-2048, dt_rank 128). No model hub is used: weights are random (fixed seed), and the RMSNorm
-weights / A_log / D / dt_proj bias / conv bias are perturbed a little (as in
-models/make_fixtures.py) so the model is not at HF's structured init.
+2048, dt_rank 128). No model hub is used: weights are random, every one drawn by our own
+seeded init (``make_fixtures.explicit_init``: PyTorch's default schemes for Linear and Conv1d,
+Mamba's for A, D and dt), so the model is the same bits under transformers 4.40 and 5.x (5.x's
+own init makes it ill-conditioned); then the RMSNorm weights / A_log / D / dt_proj bias / conv
+bias are perturbed a little (as in models/make_fixtures.py) so the model is not at the
+structured init.
 
 Export: TorchScript exporter (``torch.onnx.export(..., dynamo=False, opset_version=17)``),
 HF slow path on CPU (the scan loop is unrolled, so the graph grows linearly in S), static
