@@ -17,11 +17,7 @@ use crate::verify::OrtModel;
 
 /// What the compiled model says it explains (`tokens` or `image`); `tokens` when unsaid.
 pub fn model_source(model: &ModelProto) -> &str {
-    model
-        .metadata_props
-        .iter()
-        .find(|p| p.key() == SOURCE_KEY)
-        .map_or("tokens", |p| p.value())
+    crate::onnx::metadata::value(model, SOURCE_KEY).unwrap_or("tokens")
 }
 
 /// The image model's input and outputs.

@@ -189,11 +189,11 @@ fn interface(model: &ModelProto, path: &Path) -> Result<Interface> {
         ids_input: ids.name().to_string(),
         batch: shape[0],
         length: shape[1],
-        longest: model
-            .metadata_props
-            .iter()
-            .find(|p| p.key() == crate::onnx::metadata::MAX_SEQUENCE_LENGTH_KEY)
-            .and_then(|p| p.value().parse().ok()),
+        longest: crate::onnx::metadata::value(
+            model,
+            crate::onnx::metadata::MAX_SEQUENCE_LENGTH_KEY,
+        )
+        .and_then(|v| v.parse().ok()),
         takes_target: graph.input.iter().any(|i| i.name() == TARGET_INPUT),
         logits_output,
     })

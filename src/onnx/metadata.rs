@@ -39,6 +39,15 @@ pub const MICRO_BATCH_KEY: &str = "mambalrp.micro_batch";
 /// at a node named `max_seq_len_N_exceeded`).
 pub const MAX_SEQUENCE_LENGTH_KEY: &str = "mambalrp.max_sequence_length";
 
+/// The value recorded under `key`, if any.
+pub fn value<'m>(model: &'m ModelProto, key: &str) -> Option<&'m str> {
+    model
+        .metadata_props
+        .iter()
+        .find(|p| p.key() == key)
+        .map(|p| p.value())
+}
+
 /// Sets each `(key, value)`, replacing an earlier entry of the same key.
 pub fn add_metadata(model: &mut ModelProto, entries: &[(&str, String)]) {
     for (key, value) in entries {

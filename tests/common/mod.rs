@@ -149,11 +149,7 @@ pub fn python() -> PathBuf {
 
 /// The value `model` records under metadata `key`.
 pub fn metadata(model: &ModelProto, key: &str) -> Option<String> {
-    model
-        .metadata_props
-        .iter()
-        .find(|p| p.key() == key)
-        .map(|p| p.value().to_string())
+    mambalrp::onnx::metadata::value(model, key).map(str::to_string)
 }
 
 /// Every output after the original logits (the relevance outputs) is declared float32,

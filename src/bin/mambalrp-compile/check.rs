@@ -39,11 +39,8 @@ pub struct CheckArgs {
 pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
     let model = onnx::load_model(&args.model)?;
     let inputs = crate::model_inputs(&model, args.input.as_deref())?;
-    let float_type = model
-        .metadata_props
-        .iter()
-        .find(|p| p.key() == verify::FLOAT_TYPE_KEY)
-        .map_or(DType::Float, |p| verify::float_type_from_name(p.value()));
+    let float_type = mambalrp::onnx::metadata::value(&model, verify::FLOAT_TYPE_KEY)
+        .map_or(DType::Float, verify::float_type_from_name);
     let tolerance = args
         .tolerance
         .unwrap_or_else(|| verify::default_conservation_tolerance(float_type));
@@ -123,11 +120,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
 /// Sequence length x (blocks + 1) of the checked inputs: the depth the default output
 /// tolerance scales with.
 fn traced_depth(model: &ModelProto, inputs: &[(String, Tensor)]) -> usize {
-    let blocks = model
-        .metadata_props
-        .iter()
-        .find(|p| p.key() == mambalrp::emit::BLOCKS_KEY)
-        .and_then(|p| p.value().parse::<usize>().ok())
+    let blocks = mambalrp::onnx::metadata::value(model, mambalrp::emit::BLOCKS_KEY)
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1);
     let sequence = inputs
         .iter()

@@ -178,10 +178,7 @@ fn run_images(args: &EvaluateArgs) -> anyhow::Result<Outcome> {
 /// A method's name in the table: the rules its model was compiled with, and the file.
 fn method_name(path: &std::path::Path) -> String {
     let rules = mambalrp::onnx::load_model(path).ok().and_then(|m| {
-        m.metadata_props
-            .iter()
-            .find(|p| p.key() == mambalrp::onnx::metadata::RULES_KEY)
-            .map(|p| p.value().to_string())
+        mambalrp::onnx::metadata::value(&m, mambalrp::onnx::metadata::RULES_KEY).map(str::to_string)
     });
     let file = path
         .file_name()
