@@ -289,3 +289,87 @@ fn silu_relevance(remove_dead_node: bool) -> ArrayD<f32> {
 fn removing_a_node_between_matching_and_differentiation_keeps_the_effects_in_place() {
     assert_eq!(silu_relevance(false), silu_relevance(true));
 }
+
+/// `read_sums_off_prefix_sums` on x [2, 3]: the compiler's sums over axis 1 beside a `CumSum`
+/// over it (inclusive and reverse, keepdims 1 and 0) become one step of the prefix sum with the
+/// same values; a sum over the other axis, and the model's own sum, stay `ReduceSum`s.
+#[test]
+fn sums_beside_prefix_sums_are_read_off_them_with_the_same_values() {
+    let own_sum = NodeProto {
+        attribute: vec![mambalrp::onnx::attributes::make_int("keepdims", 1)],
+        ..node("ReduceSum", &["x", "axis_one"], "own")
+    };
+    let mut model = model(vec![own_sum], &["own"], false);
+    let graph_proto = model.graph.as_mut().unwrap();
+    graph_proto
+        .initializer
+        .push(Tensor::I64(ArrayD::from_elem(IxDyn(&[1]), 1)).to_proto("axis_one"));
+    graph_proto
+        .initializer
+        .push(Tensor::I64(ArrayD::from_elem(IxDyn(&[]), 1)).to_proto("cum_axis"));
+    graph_proto
+        .node
+        .push(node("CumSum", &["x", "cum_axis"], "prefix"));
+    let mut graph = Graph::from_model(&model).unwrap();
+    let e = graph.add_node("Exp", &["x"], vec![]);
+    let axis = graph.scalar_i64(1);
+    let reverse = vec![mambalrp::onnx::attributes::make_int("reverse", 1)];
+    let suffix = graph.add_node("CumSum", &[&e, &axis], reverse);
+    let sums = [
+        graph.op_reduce_sum("x", &[1], true),
+        graph.op_reduce_sum("x", &[-1], false),
+        graph.op_reduce_sum(&e, &[1], false),
+        graph.op_reduce_sum(&e, &[1], true),
+        graph.op_reduce_sum("x", &[0], true),
+    ];
+    let shapes: [&[usize]; 5] = [&[2, 1], &[2], &[2], &[2, 1], &[1, 3]];
+    let names = ["fwd_keep", "fwd_drop", "rev_drop", "rev_keep", "other_axis"];
+    for ((sum, shape), name) in sums.iter().zip(shapes).zip(names) {
+        graph.add_output(sum, name, FLOAT, shape);
+    }
+    graph.add_output("prefix", "prefix_out", FLOAT, &SHAPE);
+    graph.add_output(&suffix, "suffix_out", FLOAT, &SHAPE);
+    let rewritten = mambalrp::emit::read_sums_off_prefix_sums(&mut graph).unwrap();
+    assert_eq!(
+        rewritten, 4,
+        "the four sums over axis 1 of a prefix-summed value"
+    );
+    let mut compiled = model.clone();
+    graph.into_model(&mut compiled);
+    let nodes = &compiled.graph.as_ref().unwrap().node;
+    let reduce_sums = nodes.iter().filter(|n| n.op_type() == "ReduceSum").count();
+    assert_eq!(
+        reduce_sums, 2,
+        "the other axis's sum and the model's own stay"
+    );
+    let x: Vec<f32> = (0..6).map(|i| i as f32 * 0.3 - 0.8).collect();
+    let x = ArrayD::from_shape_vec(IxDyn(&SHAPE), x).unwrap();
+    let out =
+        mambalrp::verify::run_tract(&compiled, &[("x".into(), Tensor::F32(x.clone()))]).unwrap();
+    let e = x.mapv(f32::exp);
+    let sum = |a: &ArrayD<f32>, axis: usize, keep: bool| {
+        let s = a.sum_axis(ndarray::Axis(axis));
+        if keep {
+            s.insert_axis(ndarray::Axis(axis))
+        } else {
+            s
+        }
+    };
+    let expected = [
+        ("fwd_keep", sum(&x, 1, true)),
+        ("fwd_drop", sum(&x, 1, false)),
+        ("rev_drop", sum(&e, 1, false)),
+        ("rev_keep", sum(&e, 1, true)),
+        ("other_axis", sum(&x, 0, true)),
+    ];
+    for (name, want) in expected {
+        let (_, got) = out.iter().find(|(n, _)| n == name).unwrap();
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        let diff = got
+            .iter()
+            .zip(want.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{name}: {diff}");
+    }
+}
