@@ -13,45 +13,48 @@ use std::collections::HashMap;
 
 use crate::error::Result;
 use crate::ir::{topo, Graph};
-use crate::onnx::attributes;
+use crate::onnx::proto::NodeProto;
+use crate::ops::support::{axes_operand, constant_operand, normalize_axis};
+use crate::ops::Attrs;
 
 /// Rewrites every sum the compiler minted whose operand also has a prefix sum over the same
 /// axis; returns how many.
 pub fn read_sums_off_prefix_sums(graph: &mut Graph) -> Result<usize> {
     // (operand, axis) -> (prefix sum, reverse)
     let mut prefix_sums: HashMap<(String, usize), (String, bool)> = HashMap::new();
-    for node in graph.nodes() {
-        if node.op_type() != "CumSum" || attributes::int(node, "exclusive").unwrap_or(0) != 0 {
-            continue;
-        }
-        let Some(axis) = single_axis(graph, &node.input[0], node.input.get(1)) else {
+    for (index, node) in graph.nodes().iter().enumerate() {
+        let &Attrs::CumSum { exclusive, reverse } = graph.op(index).attrs() else {
             continue;
         };
-        let reverse = attributes::int(node, "reverse").unwrap_or(0) != 0;
-        prefix_sums
-            .entry((node.input[0].clone(), axis))
-            .or_insert((node.output[0].clone(), reverse));
+        if exclusive {
+            continue;
+        }
+        let axis = constant_operand(graph, node, 1, "axis").ok().flatten();
+        if let Some(axis) = single_axis(graph, node, axis) {
+            prefix_sums
+                .entry((node.input[0].clone(), axis))
+                .or_insert((node.output[0].clone(), reverse));
+        }
     }
     let mut rewrites = Vec::new();
-    for node in graph.nodes() {
-        if node.op_type() != "ReduceSum" || !graph.is_minted_node(node) {
+    for (index, node) in graph.nodes().iter().enumerate() {
+        let (Attrs::Reduce(reduce), "ReduceSum") = (graph.op(index).attrs(), node.op_type()) else {
+            continue;
+        };
+        if !graph.is_minted_node(node) {
             continue;
         }
-        let axes = match node.input.get(1) {
-            Some(axes) => single_axis(graph, &node.input[0], Some(axes)),
-            None => attributes::ints(node, "axes")
-                .filter(|axes| axes.len() == 1)
-                .and_then(|axes| normalized(graph, &node.input[0], axes[0])),
+        let axes = axes_operand(graph, node, &reduce.axes).ok().flatten();
+        let Some(axis) = single_axis(graph, node, axes) else {
+            continue;
         };
-        let Some(axis) = axes else { continue };
         if let Some((prefix, reverse)) = prefix_sums.get(&(node.input[0].clone(), axis)) {
-            let keepdims = attributes::int(node, "keepdims").unwrap_or(1) != 0;
             rewrites.push((
                 node.output[0].clone(),
                 prefix.clone(),
                 *reverse,
                 axis,
-                keepdims,
+                reduce.keepdims,
             ));
         }
     }
@@ -71,19 +74,16 @@ pub fn read_sums_off_prefix_sums(graph: &mut Graph) -> Result<usize> {
     Ok(rewrites.len())
 }
 
-/// The one axis a constant `axes` operand names, made non-negative with `operand`'s rank.
-fn single_axis(graph: &Graph, operand: &str, axes: Option<&String>) -> Option<usize> {
-    let values = graph.constant(axes?)?.to_i64_vec();
-    match values.as_slice() {
-        [axis] => normalized(graph, operand, *axis),
+/// The one axis `axes` names, non-negative. A negative one is resolved against the operand's
+/// traced rank; values the relevance pass adds with a symbolic length may have none, and their
+/// axes are written non-negative.
+fn single_axis(graph: &Graph, node: &NodeProto, axes: Option<Vec<i64>>) -> Option<usize> {
+    match *axes?.as_slice() {
+        [axis] if axis >= 0 => Some(axis as usize),
+        [axis] => {
+            let rank = graph.shape(&node.input[0]).ok()?.len();
+            normalize_axis(axis, rank, node).ok()
+        }
         _ => None,
     }
-}
-
-fn normalized(graph: &Graph, operand: &str, axis: i64) -> Option<usize> {
-    if axis >= 0 {
-        return Some(axis as usize);
-    }
-    let rank = graph.shape(operand).ok()?.len() as i64;
-    (axis + rank >= 0).then_some((axis + rank) as usize)
 }
