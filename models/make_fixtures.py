@@ -189,8 +189,8 @@ def explicit_init(model, seed):
             mx.A_log.copy_(torch.log(state).expand(mx.A_log.shape).to(mx.A_log.dtype))
             mx.D.fill_(1.0)
             linear(mx.out_proj.weight)
-            for lin in (mx.in_proj, mx.x_proj, mx.dt_proj, mx.out_proj):
-                if lin.bias is not None and lin is not mx.dt_proj:
+            for lin in (mx.in_proj, mx.x_proj, mx.out_proj):  # dt_proj's bias is set above
+                if lin.bias is not None:
                     lin.bias.zero_()
         model.backbone.norm_f.weight.fill_(1.0)
         if not cfg.tie_word_embeddings:
